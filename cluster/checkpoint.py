@@ -1,0 +1,360 @@
+"""Group commit of checkpoints: check, record, commit, *then* acknowledge.
+
+Everything a worker writes about its instances goes through one
+:class:`Batcher`: step results (other than SQL steps on the home database,
+which commit their checkpoint inside their own transaction), internal
+decisions (timers, race winners, consumed signals, loop gates), node stamps,
+status changes and wake-up times. Writes queue up while a flush is in
+progress and go out together in the next transaction, so under load many
+checkpoints share one commit (and one fsync).
+
+Every flush starts with the fence: the shared fence lock of each partition
+in the batch and a check of its epoch and secret. Writes of a partition whose
+claim went stale are dropped from the batch and the worker lets the
+partition go. Only after the commit are the callbacks run (the "ack"): the
+engine adds the records to the instance's journal and moves it on.
+
+Every statement is idempotent (``ON CONFLICT DO NOTHING`` with the stored
+value read back, guarded updates), so a flush whose commit outcome is unknown
+(the connection died mid-commit) is simply sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import crashpoints, db, queries
+from .graph import NewRecord, Record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    RecordsDone = Callable[[dict[str, Record] | None], None]
+    Done = Callable[[bool], None]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    partition: int
+    epoch: int
+    secret: bytes
+
+
+@dataclass
+class _Callback:
+    partition: int | None
+    instance_id: str | None  # set for record callbacks
+    done: Callable[..., None]
+
+
+@dataclass
+class _Batch:
+    records: list[tuple[int, str, NewRecord]] = field(default_factory=list)
+    stamps: dict[tuple[str, str], tuple[int, str, Any, str, Any]] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    # instance -> (partition, wake_at as text: 'infinity', '' for NULL, or ISO time, signal seen)
+    wakes: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    finishes: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    callbacks: list[_Callback] = field(default_factory=list)
+    dropped: list[_Callback] = field(default_factory=list)
+
+    def partitions(self) -> set[int]:
+        found = {p for p, _, _ in self.records}
+        found.update(v[0] for v in self.stamps.values())
+        found.update(self.running.values())
+        found.update(v[0] for v in self.wakes.values())
+        found.update(v[0] for v in self.finishes.values())
+        return found
+
+    def empty(self) -> bool:
+        return not (
+            self.records or self.stamps or self.running or self.wakes or self.finishes or self.callbacks
+        )
+
+    def drop(self, partitions: set[int]) -> None:
+        """Take the writes of these partitions out of the batch (their callbacks get a refusal)."""
+        if not partitions:
+            return
+        self.records = [r for r in self.records if r[0] not in partitions]
+        self.stamps = {k: v for k, v in self.stamps.items() if v[0] not in partitions}
+        self.running = {k: v for k, v in self.running.items() if v not in partitions}
+        self.wakes = {k: v for k, v in self.wakes.items() if v[0] not in partitions}
+        self.finishes = {k: v for k, v in self.finishes.items() if v[0] not in partitions}
+        self.dropped.extend(c for c in self.callbacks if c.partition in partitions)
+        self.callbacks = [c for c in self.callbacks if c.partition not in partitions]
+
+
+class Batcher:
+    """The worker's single writer of instance state (one connection, one flush at a time)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        claims: Callable[[int], Claim | None],
+        on_stale: Callable[[int], None],
+    ) -> None:
+        self._dsn = dsn
+        self._claims = claims
+        self._on_stale = on_stale
+        self._batch = _Batch()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.flushes = 0
+        self.records_written = 0
+
+    # -- queueing (synchronous, called from the event loop) ------------------------
+
+    def records(self, partition: int, instance_id: str, records: list[NewRecord], done: RecordsDone) -> None:
+        """Write records; ``done(committed)`` gets the stored records (``None`` if fenced off)."""
+        self._batch.records.extend((partition, instance_id, record) for record in records)
+        self._batch.callbacks.append(_Callback(partition, instance_id, done))
+        self._kick()
+
+    def stamp(
+        self,
+        partition: int,
+        instance_id: str,
+        node_id: str,
+        *,
+        status: str,
+        result: Any,
+        scope: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self._batch.stamps[(instance_id, node_id)] = (partition, status, result, scope, details)
+        self._kick()
+
+    def running(self, partition: int, instance_id: str) -> None:
+        self._batch.running[instance_id] = partition
+        self._kick()
+
+    def loaded(self, partition: int, instance_id: str) -> None:
+        """The instance is in this worker's memory: due for nobody until released."""
+        self._batch.wakes[instance_id] = (partition, "infinity", 0)
+        self._kick()
+
+    def wake(self, partition: int, instance_id: str, at: float | None, seen_signal: int) -> None:
+        """Park the instance until ``at`` (``None``: until a signal or a cancel arrives)."""
+        when = datetime.fromtimestamp(at, UTC).isoformat() if at is not None else ""
+        self._batch.wakes[instance_id] = (partition, when, seen_signal)
+        self._kick()
+
+    def finish(self, partition: int, instance_id: str, status: str | None, done: Done) -> None:
+        """Make the instance terminal (``status`` None: it already is) and drop its runtime rows."""
+        self._batch.finishes[instance_id] = (partition, status)
+        self._batch.wakes.pop(instance_id, None)
+        self._batch.callbacks.append(_Callback(partition, None, done))
+        self._kick()
+
+    def after_flush(self, done: Done) -> None:
+        """Call ``done(True)`` once everything queued so far is committed."""
+        self._batch.callbacks.append(_Callback(None, None, done))
+        self._kick()
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def drain(self) -> None:
+        """Wait until every write queued so far is committed."""
+        while not self._batch.empty() or not self._idle.is_set():
+            self._kick()
+            await self._idle.wait()
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until ``stop`` is set and nothing is left to write."""
+        try:
+            while True:
+                if self._batch.empty():
+                    self._idle.set()
+                    if stop.is_set():
+                        return
+                    self._wakeup.clear()
+                    await _first(self._wakeup.wait(), stop.wait())
+                    continue
+                batch, self._batch = self._batch, _Batch()
+                await self._flush(batch)
+        finally:
+            if self._conn is not None:
+                await self._conn.close()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+
+            async def connect() -> psycopg.AsyncConnection[Any]:
+                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+                db.configure_json(conn)
+                return conn
+
+            self._conn = await db.retry_async("checkpoint connection", connect)
+        return self._conn
+
+    async def _flush(self, batch: _Batch) -> None:
+        # Claims released or lost locally cannot be written any more.
+        batch.drop({p for p in batch.partitions() if self._claims(p) is None})
+        while True:
+            conn = await self._connection()
+            try:
+                stale, committed = await self._write(conn, batch)
+                break
+            except psycopg.OperationalError as exc:
+                logger.warning(
+                    "checkpoint flush failed (%s); retrying",
+                    db.primary_message(exc),
+                    extra={"action": "checkpoint_retry"},
+                )
+                await conn.close()
+                await asyncio.sleep(0.2)
+        for partition in stale:
+            self._on_stale(partition)
+        self.flushes += 1
+        for callback in batch.callbacks:
+            if callback.instance_id is not None:
+                callback.done({k: r for (i, k), r in committed.items() if i == callback.instance_id})
+            else:
+                callback.done(True)
+        for callback in batch.dropped:
+            callback.done(None if callback.instance_id is not None else False)
+
+    async def _write(
+        self, conn: psycopg.AsyncConnection[Any], batch: _Batch
+    ) -> tuple[set[int], dict[tuple[str, str], Record]]:
+        claims = [c for c in (self._claims(p) for p in sorted(batch.partitions())) if c is not None]
+        async with conn.transaction():
+            stale: set[int] = set()
+            if claims:
+                cur = await conn.execute(
+                    queries.get("fence_check"),
+                    {
+                        "partitions": [c.partition for c in claims],
+                        "epochs": [c.epoch for c in claims],
+                        "secrets": [c.secret for c in claims],
+                    },
+                )
+                row = await cur.fetchone()
+                stale = set(row[0]) if row and row[0] else set()
+                batch.drop(stale)
+            committed = await self._write_records(conn, batch)
+            await self._write_state(conn, batch)
+            crashpoints.hit("before_checkpoint_commit")
+        crashpoints.hit("after_checkpoint_commit")
+        self.records_written += len(batch.records)
+        return stale, committed
+
+    async def _write_records(
+        self, conn: psycopg.AsyncConnection[Any], batch: _Batch
+    ) -> dict[tuple[str, str], Record]:
+        if not batch.records:
+            return {}
+        wanted = {(iid, nr.key): nr for _, iid, nr in batch.records}
+        cur = await conn.execute(
+            queries.get("insert_records"),
+            {
+                "ids": [iid for iid, _ in wanted],
+                "keys": [key for _, key in wanted],
+                "kinds": [nr.record.kind for nr in wanted.values()],
+                "oks": [nr.record.ok for nr in wanted.values()],
+                "values": [Jsonb(nr.record.value, dumps=_dumps) for nr in wanted.values()],
+                "guarantees": [nr.record.guarantee for nr in wanted.values()],
+            },
+        )
+        inserted = {(str(i), str(k)) for i, k in await cur.fetchall()}
+        committed = {ik: wanted[ik].record for ik in inserted}
+        conflicts = [ik for ik in wanted if ik not in inserted]
+        if conflicts:
+            # Recorded before (a flush sent again after an unknown commit outcome,
+            # or a SQL step that committed its own checkpoint): the stored value wins.
+            cur = await conn.execute(
+                queries.get("get_records"),
+                {"ids": [i for i, _ in conflicts], "keys": [k for _, k in conflicts]},
+            )
+            for iid, key, kind, ok, value, guarantee in await cur.fetchall():
+                committed[(str(iid), str(key))] = Record(str(kind), bool(ok), value, guarantee)
+        consumed = [
+            (nr.consumes_signal, nr.key)
+            for ik, nr in wanted.items()
+            if ik in inserted and nr.consumes_signal is not None
+        ]
+        if consumed:
+            await conn.execute(
+                queries.get("consume_signals"),
+                {"signal_ids": [s for s, _ in consumed], "keys": [k for _, k in consumed]},
+            )
+        drops = [
+            (iid, prefix)
+            for (iid, key), nr in wanted.items()
+            if (iid, key) in inserted
+            for prefix in nr.drop_prefixes
+        ]
+        if drops:
+            await conn.execute(
+                queries.get("drop_records"),
+                {"ids": [i for i, _ in drops], "prefixes": [p for _, p in drops]},
+            )
+        return committed
+
+    async def _write_state(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> None:
+        if batch.stamps:
+            items = list(batch.stamps.items())
+            await conn.execute(
+                queries.get("stamp_nodes"),
+                {
+                    "ids": [iid for (iid, _), _ in items],
+                    "nodes": [nid for (_, nid), _ in items],
+                    "statuses": [v[1] for _, v in items],
+                    "results": [None if v[1] == "running" else Jsonb(v[2], dumps=_dumps) for _, v in items],
+                    "scopes": [v[3] for _, v in items],
+                    "details": [Jsonb(v[4], dumps=_dumps) if v[4] else None for _, v in items],
+                },
+            )
+        if batch.running:
+            await conn.execute(queries.get("mark_running"), {"ids": list(batch.running)})
+        if batch.wakes:
+            wakes = list(batch.wakes.items())
+            await conn.execute(
+                queries.get("set_wake"),
+                {
+                    "ids": [iid for iid, _ in wakes],
+                    "wakes": [v[1] for _, v in wakes],
+                    "seen": [v[2] for _, v in wakes],
+                },
+            )
+        if batch.finishes:
+            with_status = [(iid, v[1]) for iid, v in batch.finishes.items() if v[1] is not None]
+            if with_status:
+                await conn.execute(
+                    queries.get("finish_instances"),
+                    {"ids": [i for i, _ in with_status], "statuses": [s for _, s in with_status]},
+                )
+            ids = list(batch.finishes)
+            await conn.execute(queries.get("delete_runs"), {"ids": ids})
+            await conn.execute(queries.get("delete_journal"), {"ids": ids})
+            await conn.execute(queries.get("delete_signals"), {"ids": ids})
+
+
+async def _first(*waits: Any) -> None:
+    """Wait for the first of several awaitables; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,229 @@
+"""The ``durable-cluster`` command line: thin functions over the package.
+
+Commands:
+
+- ``start``: run the cluster (embedded PostgreSQL 18 unless ``--dsn``);
+- ``init``: install or upgrade the schema;
+- ``dsn``: print the embedded server's connection string;
+- ``settings``: print the settings reference.
+
+Every flag has an environment variable, named in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import sql
+
+from . import config, db, embedded, schema
+from .config import Settings
+from .errors import DurableClusterError
+from .version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .coordinator import Coordinator
+
+logger = logging.getLogger("durable_cluster")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+#: The example printed at start-up ($ escaped for the shell).
+EXAMPLE = "SELECT df.start('SELECT 1' |=> 'one' ~> 'SELECT \\$one + 1')"
+CONNECT_DEADLINE = 300.0  # seconds start/init keep retrying an unreachable database
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_args(args)
+        configure_logging(settings.log_level)
+        result: int = args.func(args, settings)
+        return result
+    except DurableClusterError as exc:
+        print(f"durable-cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="durable-cluster",
+        description="Durable execution for PostgreSQL: pg_durable-compatible workflows "
+        "run by a worker cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"durable-cluster {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    start = commands.add_parser(
+        "start",
+        help="run the cluster",
+        description="Run the coordinator and its workers. Without --dsn (or DURABLE_DSN), an embedded "
+        "PostgreSQL 18 runs in --data-dir. Ctrl-C or SIGTERM stops gracefully; a second "
+        "Ctrl-C stops at once. SIGHUP replaces the workers one by one.",
+    )
+    config.add_arguments(start, "start")
+    start.set_defaults(func=cmd_start)
+
+    init = commands.add_parser(
+        "init",
+        help="install or upgrade the schema",
+        description="Install or upgrade the durable-cluster schema (idempotent; one runner at a time).",
+    )
+    config.add_arguments(init, "init")
+    init.set_defaults(func=cmd_init)
+
+    dsn = commands.add_parser("dsn", help="print the embedded server's connection string")
+    config.add_arguments(dsn, "dsn")
+    dsn.add_argument(
+        "--admin",
+        action="store_true",
+        help="the superuser's connection string instead of the application role's",
+    )
+    dsn.set_defaults(func=cmd_dsn)
+
+    settings = commands.add_parser("settings", help="print the settings reference (markdown)")
+    settings.set_defaults(func=cmd_settings)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.getLogger("psycopg").setLevel(logging.WARNING)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    server: embedded.EmbeddedPostgres | None = None
+    if settings.dsn:
+        dsn = settings.dsn
+        where = "external PostgreSQL"
+    else:
+        server = embedded.EmbeddedPostgres(settings.data_dir)
+        logger.info(
+            "starting the embedded PostgreSQL in %s",
+            server.data_dir,
+            extra={"action": "embedded_starting"},
+        )
+        server.start()
+        dsn = server.dsn()
+        where = f"embedded PostgreSQL 18 in {settings.data_dir}"
+    try:
+        _, version = install(dsn, settings)
+        if server is not None:
+            ensure_app_role(dsn)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+
+    from .coordinator import Coordinator  # noqa: PLC0415 - keeps `durable-cluster dsn` light
+    from .worker import run_worker  # noqa: PLC0415
+
+    app_dsn = server.dsn(embedded.APP_ROLE) if server is not None else dsn
+
+    def ready(coordinator: Coordinator) -> None:
+        print(
+            f"durable-cluster {__version__}: {coordinator.num_workers} workers on {where} "
+            f"(schema version {version})\n"
+            f'  connect:  psql "{app_dsn}"\n'
+            f'  try:      psql "{app_dsn}" -c "{EXAMPLE}"\n'
+            f"  stop:     Ctrl-C (or SIGTERM to pid {os.getpid()})",
+            flush=True,
+        )
+
+    def stopped() -> None:
+        if server is not None:
+            logger.info("stopping the embedded PostgreSQL", extra={"action": "embedded_stopping"})
+            server.stop()
+
+    coordinator = Coordinator(
+        settings,
+        functools.partial(run_worker, settings=settings, dsn=dsn),
+        on_ready=ready,
+        on_stopped=stopped,
+    )
+    return coordinator.run()
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    server: embedded.EmbeddedPostgres | None = None
+    if settings.dsn:
+        dsn = settings.dsn
+    else:
+        server = embedded.EmbeddedPostgres(settings.data_dir)
+        server.start()
+        dsn = server.dsn()
+    try:
+        before, after = install(dsn, settings)
+        if server is not None:
+            ensure_app_role(dsn)
+    finally:
+        if server is not None:
+            server.stop()
+    if before == after:
+        print(f"schema is up to date (version {after})")
+    else:
+        print(f"schema upgraded from version {before} to {after}")
+    return 0
+
+
+def cmd_dsn(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.dsn:
+        print(settings.dsn)
+        return 0
+    server = embedded.EmbeddedPostgres(settings.data_dir)
+    print(server.dsn() if args.admin else server.dsn(embedded.APP_ROLE))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    print(config.markdown(), end="")
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def install(dsn: str, settings: Settings) -> tuple[int, int]:
+    """Apply migrations (waiting for the database with backoff); return the versions before and after."""
+    deadline = time.monotonic() + CONNECT_DEADLINE
+    conn = db.connect_with_retry(dsn, "database", deadline=deadline)
+    with conn:
+        before = schema.installed_version(conn)
+    applied = schema.apply(dsn, partitions=settings.partitions, settings=settings.sql_settings())
+    after = before + len(applied)
+    for name in applied:
+        logger.info("applied migration %s", name, extra={"action": "migration_applied"})
+    return before, after
+
+
+def ensure_app_role(dsn: str) -> None:
+    """The embedded server's application role: LOGIN, not a superuser, granted df usage."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (embedded.APP_ROLE,)).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(embedded.APP_ROLE)))
+            conn.execute(
+                sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(embedded.APP_ROLE))
+            )
+        conn.execute("SELECT df.grant_usage(%s)", (embedded.APP_ROLE,))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

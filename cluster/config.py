@@ -1,0 +1,279 @@
+"""Settings: each declared once, giving its CLI flag, environment variable and docs.
+
+Every setting is a :class:`Option`. ``add_arguments`` turns the options of a
+command into argparse flags (help text names the environment variable);
+``Settings.from_args`` reads flags, then ``DURABLE_<NAME>`` environment
+variables, then defaults. ``docs/settings.md`` is generated from the same
+table (``durable-cluster settings --markdown``), so flags, env vars and docs
+cannot drift apart.
+
+Names mirror pg_durable's GUCs where one exists (``max_user_connections``,
+``execution_acquire_timeout``, ``enable_superuser_instances`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DURABLE_"
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type
+    default: Any
+    help: str
+    commands: tuple[str, ...]
+    minimum: float | None = None
+    maximum: float | None = None
+    flag_false: str | None = None  # for booleans that default to True: "--no-pin"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, raw: str) -> Any:
+        try:
+            value = _bool(raw) if self.type is bool else self.type(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{self.flag} / {self.env}: {exc}") from exc
+        return self.check(value)
+
+    def check(self, value: Any) -> Any:
+        if value is None or self.type is bool:
+            return value
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{self.flag} must be at least {self.minimum:g}, not {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{self.flag} must be at most {self.maximum:g}, not {value}")
+        return value
+
+
+RUN = ("start", "worker")
+CONNECT = ("start", "init", "worker", "dsn", "status")
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "dsn",
+        str,
+        None,
+        "PostgreSQL connection string (15-18). Without it, an embedded PostgreSQL 18 runs in --data-dir.",
+        CONNECT,
+    ),
+    Option(
+        "data_dir",
+        Path,
+        Path(".durable"),
+        "Directory of the embedded PostgreSQL server (used when no DSN is given).",
+        CONNECT,
+    ),
+    Option(
+        "partitions",
+        int,
+        None,
+        "Number of partitions, fixed when the schema is first installed (default 64).",
+        ("init", "start"),
+        minimum=1,
+        maximum=4096,
+    ),
+    Option(
+        "workers",
+        int,
+        None,
+        "Worker processes (default: number of CPUs).",
+        RUN,
+        minimum=1,
+        maximum=1024,
+    ),
+    Option(
+        "pin",
+        bool,
+        True,
+        "Pin each worker process to one CPU (slot modulo CPU count).",
+        RUN,
+        flag_false="--no-pin",
+    ),
+    Option(
+        "graceful_timeout",
+        float,
+        30.0,
+        "Seconds a stopping worker may take to finish in-flight steps before it is killed.",
+        RUN,
+        minimum=0,
+    ),
+    Option(
+        "heartbeat_timeout",
+        float,
+        30.0,
+        "Seconds without a heartbeat before the coordinator kills a stuck worker.",
+        RUN,
+        minimum=1,
+    ),
+    Option(
+        "max_user_connections",
+        int,
+        10,
+        "Concurrent SQL steps per host (pg_durable.max_user_connections), shared among "
+        "the workers of this host.",
+        RUN,
+        minimum=1,
+        maximum=10000,
+    ),
+    Option(
+        "execution_acquire_timeout",
+        float,
+        30.0,
+        "Seconds a SQL step waits for a free execution slot before failing "
+        "(pg_durable.execution_acquire_timeout).",
+        RUN,
+        minimum=1,
+        maximum=3600,
+    ),
+    Option(
+        "enable_superuser_instances",
+        bool,
+        False,
+        "Allow superusers to start instances (pg_durable.enable_superuser_instances).",
+        RUN,
+    ),
+    Option(
+        "poll_interval",
+        float,
+        5.0,
+        "Seconds between safety polls for due work (wake-ups normally come by NOTIFY).",
+        RUN,
+        minimum=0.05,
+    ),
+    Option(
+        "plugins_dir",
+        Path,
+        None,
+        "Directory of plugin files (*.py) defining custom steps.",
+        (*RUN, "plugins"),
+    ),
+    Option(
+        "log_level",
+        str,
+        "info",
+        "Log level: debug, info, warning, error.",
+        ("start", "worker", "init"),
+    ),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one command."""
+
+    dsn: str | None = None
+    data_dir: Path = Path(".durable")
+    partitions: int | None = None
+    workers: int | None = None
+    pin: bool = True
+    graceful_timeout: float = 30.0
+    heartbeat_timeout: float = 30.0
+    max_user_connections: int = 10
+    execution_acquire_timeout: float = 30.0
+    enable_superuser_instances: bool = False
+    poll_interval: float = 5.0
+    plugins_dir: Path | None = None
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        names = {f.name for f in fields(cls)}
+        for option in OPTIONS:
+            if option.name not in names:
+                continue
+            given = getattr(args, option.name, None)
+            if given is not None:
+                values[option.name] = option.check(given)
+            elif option.env in env:
+                values[option.name] = option.parse(env[option.env])
+        return cls(**values)
+
+    def sql_settings(self) -> dict[str, str]:
+        """The settings the SQL surface reads from ``durable.settings``."""
+        return {
+            "enable_superuser_instances": "on" if self.enable_superuser_instances else "off",
+        }
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the flags of ``command`` to ``parser`` (defaults stay None: env and defaults apply later)."""
+    for option in OPTIONS:
+        if command not in option.commands:
+            continue
+        default = option.default.__str__() if option.default is not None else "none"
+        help_text = f"{option.help} [env {option.env}; default {default}]"
+        if option.type is bool:
+            group = parser.add_mutually_exclusive_group()
+            if option.flag_false:
+                group.add_argument(
+                    option.flag, dest=option.name, action="store_true", default=None, help=help_text
+                )
+                group.add_argument(
+                    option.flag_false,
+                    dest=option.name,
+                    action="store_false",
+                    default=None,
+                    help=f"Turn off {option.flag}.",
+                )
+            else:
+                group.add_argument(
+                    option.flag, dest=option.name, action="store_true", default=None, help=help_text
+                )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                type=option.type,
+                default=None,
+                metavar=option.name.upper(),
+                help=help_text,
+            )
+
+
+def option(name: str) -> Option:
+    return _BY_NAME[name]
+
+
+def markdown() -> str:
+    """The settings reference, generated from OPTIONS."""
+    lines = [
+        "| flag | environment | default | commands | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for opt in OPTIONS:
+        flag = opt.flag + (f" / {opt.flag_false}" if opt.flag_false else "")
+        lines.append(f"| `{flag}` | `{opt.env}` | `{opt.default}` | {', '.join(opt.commands)} | {opt.help} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""StepContext: what a step handler knows about the step it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import psycopg
+
+
+class StepServices(Protocol):
+    """What the runtime lends a context (implemented by the worker's engine)."""
+
+    def submitter_connection(
+        self, ctx: StepContext
+    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
+
+    async def checkpoint_in(
+        self, ctx: StepContext, conn: psycopg.AsyncConnection[Any], value: Any
+    ) -> None: ...
+
+
+@dataclass
+class StepContext:
+    """The step being run, handed to a step handler.
+
+    :ivar instance_id: the instance (8 hex digits).
+    :ivar node_id: the node in the instance's graph.
+    :ivar key: the step key: unique per execution of this node (loop
+        iteration, retry attempt), stable across crashes and re-runs.
+    :ivar kind: the step kind (``sql``, ``http``, or a plugin's kind).
+    :ivar args: the step's input, variables and results already substituted:
+        the SQL text for ``sql``, the request for ``http``, the ``args``
+        object of ``df.step(kind, args)``.
+    :ivar attempt: 1, or the attempt number inside ``df.retry``.
+    :ivar iteration: the innermost enclosing loop iteration (0 outside loops).
+    :ivar idempotency_key: derived from (instance, node, iteration, attempt);
+        sent as ``Idempotency-Key`` by HTTP steps. Use it to make external
+        effects idempotent: a step can run more than once after a crash.
+    :ivar cancelled: set when the step's result is no longer wanted (the
+        instance was cancelled, its RACE was lost, the worker is stopping
+        hard). Long handlers should watch it.
+    """
+
+    instance_id: str
+    node_id: str
+    key: str
+    kind: str
+    args: Any
+    attempt: int
+    iteration: int
+    label: str | None
+    variables: Mapping[str, str]
+    results: Mapping[str, Any]
+    submitted_by: str
+    database: str | None
+    partition: int
+    logger: logging.LoggerAdapter[logging.Logger]
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the registered handler for ``kind`` (called by the core ``durable_run_step``).
+    handler: Callable[[StepContext], Any] | None = field(default=None, repr=False)
+    #: set by :meth:`commit_with_checkpoint`: the result is already durable.
+    recorded: bool = False
+    #: the guarantee that applied, reported in ``df.nodes.status_details``.
+    guarantee: str = "at-least-once"
+    _services: StepServices | None = field(default=None, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.instance_id}:{self.key}"
+
+    @property
+    def home_database(self) -> bool:
+        """True when the step runs in the database that holds the durable-cluster schema."""
+        return self.database is None
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection logged in as the submitting role (to the instance's database).
+
+        Pooled per role and database, reset between uses. Used as an async
+        context manager; the connection is not in a transaction.
+        """
+        if self._services is None:
+            raise RuntimeError("this StepContext has no database services")
+        return self._services.submitter_connection(self)
+
+    async def commit_with_checkpoint(self, conn: psycopg.AsyncConnection[Any], value: Any) -> None:
+        """Record ``value`` as this step's result inside ``conn``'s open transaction.
+
+        The caller then commits: the step's writes and its checkpoint commit
+        together or not at all, so the step takes effect exactly once. Only
+        for connections from :meth:`connection` to the home database.
+        """
+        if self._services is None:
+            raise RuntimeError("this StepContext has no database services")
+        await self._services.checkpoint_in(self, conn, value)
+        self.recorded = True
+        self.guarantee = "exactly-once"
+
+
+def step_logger(name: str, instance_id: str, node_id: str, key: str) -> logging.LoggerAdapter[logging.Logger]:
+    return logging.LoggerAdapter(
+        logging.getLogger(name), {"instance_id": instance_id, "node_id": node_id, "step_key": key}
+    )

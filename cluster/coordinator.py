@@ -1,0 +1,747 @@
+"""The coordinator: forks the workers, watches them, respawns, rolls and stops them.
+
+This is gunicorn's ``Arbiter`` trimmed and typed (``gunicorn/arbiter.py``):
+
+* Single-threaded, no database connection, no pool: it owns processes, never
+  payloads (DESIGN.md invariant 9, "fork clean").
+* Signal handlers only ``put_nowait`` the signal number on
+  :attr:`Coordinator.signal_queue`; ``signal.set_wakeup_fd`` on a self-pipe
+  wakes the main loop at once, so a SIGCHLD is handled within milliseconds.
+* The loop is :meth:`~Coordinator.wait_for_signals` → ``handle_<signame>`` →
+  :meth:`~Coordinator.reap_workers` → :meth:`~Coordinator.murder_workers` →
+  :meth:`~Coordinator.manage_workers`.
+* Workers live in *slots* (0..N-1): a dead worker is respawned into the same
+  slot with the same CPU (uvicorn ``keep_subprocess_alive``).
+
+Signals (documented for operators in ``ops/runbook.md``):
+
+======== ================================================================
+TERM     graceful stop: TERM every worker, wait ``graceful_timeout``, then SIGKILL
+INT/QUIT quick stop: TERM every worker, SIGKILL after ``QUICK_STOP_TIMEOUT``;
+         a second INT/QUIT/TERM during a graceful stop switches to quick
+HUP      rolling restart, slot by slot: spawn the next generation, wait for its
+         first heartbeat, then TERM (drain) the old worker
+TTIN     add a slot
+TTOU     remove the highest slot (its worker is TERMed and drains)
+USR1     reopen logs (a no-op: logs go to stderr)
+USR2     logged and ignored (no binary upgrade)
+======== ================================================================
+
+Worker exit codes are a protocol: :data:`EXIT_OK` and :data:`EXIT_CRASH`
+respawn the slot, :data:`WORKER_BOOT_ERROR` and :data:`PLUGIN_LOAD_ERROR`
+halt the cluster instead of crash-looping (gunicorn ``WORKER_BOOT_ERROR`` /
+``APP_LOAD_ERROR``). The coordinator then exits with that same code, so a
+service manager can refuse to restart it (systemd ``RestartPreventExitStatus``).
+
+Worker contract: the target runs in the child after the post-fork setup
+(default signal dispositions, CPU affinity, parent-death signal, process
+title) and returns an exit code. Its first ``spec.heartbeat.notify()`` means
+"booted": call it once configuration and plugins are loaded, then at least
+twice per ``heartbeat_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import select
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import process
+from .errors import HaltCluster
+from .heartbeat import Heartbeat
+from .process import EXIT_CRASH, EXIT_OK, PLUGIN_LOAD_ERROR, WORKER_BOOT_ERROR
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .config import Settings
+
+__all__ = [
+    "EXIT_CRASH",
+    "EXIT_OK",
+    "PLUGIN_LOAD_ERROR",
+    "WORKER_BOOT_ERROR",
+    "Coordinator",
+    "WorkerHandle",
+    "WorkerSpec",
+    "WorkerTarget",
+]
+
+log = logging.getLogger("durable_cluster.coordinator")
+
+
+_HALT_REASONS = {
+    WORKER_BOOT_ERROR: "failed to boot",
+    PLUGIN_LOAD_ERROR: "could not load a plugin",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker gets to know about itself; built by the coordinator before the fork."""
+
+    slot: int  # 0..N-1, stable across respawns
+    generation: int  # bumped on each rolling restart (SIGHUP / reload)
+    cpu: int | None  # CPU to pin to, None with --no-pin
+    cluster_id: str  # uuid4 hex of this coordinator run
+    coordinator_pid: int
+    heartbeat: Heartbeat  # created before the fork; the worker calls notify()
+
+
+WorkerTarget = Callable[[WorkerSpec], int]
+"""Runs in the child after the fork and returns its exit code."""
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The coordinator's view of one worker process."""
+
+    pid: int
+    spec: WorkerSpec
+    spawned_at: float  # coordinator clock (time.monotonic seconds) just before the fork
+    replaced: bool = False  # no longer owns its slot: reaped without respawn
+    stop_deadline: float | None = None  # TERM was sent; SIGKILL at this time
+    aborted: bool = False  # SIGABRT sent for a missed heartbeat
+    killed: bool = False  # SIGKILL sent by the coordinator
+
+    @property
+    def slot(self) -> int:
+        return self.spec.slot
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        return self.spec.heartbeat
+
+    @property
+    def booted(self) -> bool:
+        """The worker has sent its first heartbeat."""
+        return self.heartbeat.notified()
+
+    def last_seen(self) -> float:
+        """The last heartbeat, or the spawn time before the first one."""
+        return max(self.heartbeat.last_update(), self.spawned_at)
+
+
+@dataclass
+class _PendingRoll:
+    """A rolling-restart step: the new worker of ``slot`` is booting, ``old`` still serves."""
+
+    slot: int
+    old: WorkerHandle
+    deadline: float  # give up waiting for the new worker's first heartbeat
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class Coordinator:
+    """Fork ``settings.worker_count`` workers running ``target`` and keep them alive.
+
+    ``on_ready(coordinator)`` is called once the initial workers are spawned;
+    ``on_stopped()`` once every worker has been reaped at shutdown (the CLI
+    stops an embedded PostgreSQL there). :meth:`run` returns the process exit
+    status.
+    """
+
+    SIGNALS: tuple[signal.Signals, ...] = (
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+    )
+    EXIT_OK = EXIT_OK
+    EXIT_CRASH = EXIT_CRASH
+    WORKER_BOOT_ERROR = WORKER_BOOT_ERROR
+    PLUGIN_LOAD_ERROR = PLUGIN_LOAD_ERROR
+
+    LOOP_TIMEOUT = 1.0  # seconds the main loop sleeps when nothing happens
+    ROLL_POLL_INTERVAL = 0.1  # seconds between boot checks during a rolling restart
+    SPAWN_JITTER = 0.1  # seconds, upper bound of the random pause between two spawns
+    QUICK_STOP_TIMEOUT = 1.0  # seconds between TERM and SIGKILL in a quick stop
+    KILL_REAP_TIMEOUT = 5.0  # seconds to wait for SIGKILLed workers to be reaped
+
+    def __init__(
+        self,
+        settings: Settings,
+        target: WorkerTarget,
+        *,
+        on_ready: Callable[[Coordinator], None] | None = None,
+        on_stopped: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.on_ready = on_ready
+        self.on_stopped = on_stopped
+        self.cluster_id = uuid.uuid4().hex
+        self.pid = os.getpid()
+        self.num_workers = settings.worker_count
+        self.generation = 0
+        self.slots: dict[int, WorkerHandle] = {}  # slot -> the worker that owns it
+        self.workers: dict[int, WorkerHandle] = {}  # pid -> every live worker, draining too
+        self.signal_queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.stopping = False
+        # Seams for the unit tests; nothing else should replace them.
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
+        self._cpus = process.usable_cpus() if settings.pin else []
+        self._stop_request: Literal["graceful", "quick"] | None = None
+        self._roll_queue: deque[int] = deque()
+        self._rolling: _PendingRoll | None = None
+        self._lost_slots: set[int] = set()  # slots whose worker died: next spawn is a respawn
+        self._wakeup: tuple[int, int] | None = None  # self-pipe (read, write)
+        self._saved_wakeup_fd = -1
+        self._saved_handlers: dict[int, Any] = {}
+
+    # -- main loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit status (0 after a stop requested by signal)."""
+        self.pid = os.getpid()
+        process.set_process_title("durable-cluster: coordinator")
+        self.init_signals()
+        status = EXIT_OK
+        try:
+            try:
+                self.spawn_workers()
+                log.info(
+                    "cluster %s started with %d workers",
+                    self.cluster_id,
+                    len(self.slots),
+                    extra={"action": "cluster_started", "pid": self.pid},
+                )
+                if self.on_ready is not None:
+                    self.on_ready(self)
+                while self._stop_request is None:
+                    self.run_once()
+            except HaltCluster as halt:
+                log.error(halt.reason, extra={"action": "cluster_halt", "pid": self.pid})
+                status = halt.exit_status or EXIT_CRASH
+                self.stop(graceful=True)
+            except Exception:
+                log.exception(
+                    "the coordinator failed; stopping the workers",
+                    extra={"action": "cluster_halt", "pid": self.pid},
+                )
+                status = EXIT_CRASH
+                self.stop(graceful=False)
+            else:
+                self.stop(graceful=self._stop_request == "graceful")
+            finally:
+                self._close_heartbeats()
+                if self.on_stopped is not None:
+                    try:
+                        self.on_stopped()
+                    except Exception:
+                        log.exception("on_stopped failed", extra={"action": "cluster_stopped"})
+                        status = status or EXIT_CRASH
+        finally:
+            self.restore_signals()
+        return status
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One turn of the loop: wait, dispatch signals, reap, murder, manage."""
+        if timeout is None:
+            rolling = self._rolling is not None or bool(self._roll_queue)
+            timeout = self.ROLL_POLL_INTERVAL if rolling else self.LOOP_TIMEOUT
+        for signum in self.wait_for_signals(timeout):
+            self.dispatch(signum)
+        if self._stop_request is not None:
+            return
+        self.reap_workers()
+        self.murder_workers()
+        self.manage_workers()
+
+    def dispatch(self, signum: int) -> None:
+        """Call ``handle_<signame>``; an unknown signal is logged, not fatal."""
+        name = _signal_name(signum)
+        handler: Callable[[], None] | None = getattr(self, f"handle_{name.removeprefix('SIG').lower()}", None)
+        if handler is None:
+            log.warning("ignoring unexpected %s", name, extra={"action": "signal_ignored", "signal": name})
+            return
+        handler()
+
+    # -- signals -------------------------------------------------------------------
+
+    def init_signals(self) -> None:
+        """Install the queueing handlers and the self-pipe wakeup fd (main thread only)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            for fd in (read_fd, write_fd):
+                os.set_blocking(fd, False)
+            self._saved_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        self._wakeup = (read_fd, write_fd)
+        for signum in self.handled_signals():
+            self._saved_handlers[signum] = signal.signal(signum, self.enqueue_signal)
+
+    def restore_signals(self) -> None:
+        """Undo :meth:`init_signals` (the process may go on after :meth:`run`)."""
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._saved_handlers.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+
+    def handled_signals(self) -> tuple[int, ...]:
+        """SIGNALS, SIGCHLD, and SIGUSR2, caught only so that it is logged, not fatal.
+
+        (gunicorn users send USR2 for a binary upgrade; its default action
+        would kill the coordinator.)
+        """
+        return (*self.SIGNALS, signal.SIGCHLD, signal.SIGUSR2)
+
+    def enqueue_signal(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler: enqueue and return (no logging, no locks)."""
+        self.signal_queue.put_nowait(signum)
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        """Return the queued signals, waiting up to ``timeout`` seconds for one."""
+        self._drain_wakeup_pipe()
+        signals = self._drain_signal_queue()
+        if signals or timeout <= 0:
+            return signals
+        if self._wakeup is not None:
+            select.select([self._wakeup[0]], [], [], timeout)
+            self._drain_wakeup_pipe()
+        else:
+            self.sleep(timeout)  # no handlers installed (unit tests)
+        return self._drain_signal_queue()
+
+    def _drain_signal_queue(self) -> list[int]:
+        signals: list[int] = []
+        while True:
+            try:
+                signals.append(self.signal_queue.get_nowait())
+            except queue.Empty:
+                return signals
+
+    def _drain_wakeup_pipe(self) -> None:
+        if self._wakeup is None:
+            return
+        try:
+            while os.read(self._wakeup[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def handle_chld(self) -> None:
+        """A child died: :meth:`reap_workers` runs right after the dispatch."""
+
+    def handle_term(self) -> None:
+        """Graceful stop."""
+        if self._stop_request is None:
+            self._stop_request = "graceful"
+
+    def handle_int(self) -> None:
+        """Graceful stop, like TERM: Ctrl-C lets in-flight steps finish (a second one is quick)."""
+        if self._stop_request is None:
+            self._stop_request = "graceful"
+
+    def handle_quit(self) -> None:
+        """Quick stop."""
+        self._stop_request = "quick"
+
+    def handle_hup(self) -> None:
+        """Rolling restart: replace each slot's worker by one of the next generation."""
+        self.generation += 1
+        self._roll_queue = deque(sorted(self.slots))
+        log.info(
+            "rolling restart to generation %d (%d workers)",
+            self.generation,
+            len(self._roll_queue),
+            extra={"action": "rolling_restart", "generation": self.generation},
+        )
+
+    def handle_ttin(self) -> None:
+        """Add a slot."""
+        self.num_workers += 1
+        log.info(
+            "adding a worker: %d slots",
+            self.num_workers,
+            extra={"action": "cluster_scaled", "workers": self.num_workers},
+        )
+
+    def handle_ttou(self) -> None:
+        """Remove the highest slot; its worker drains and is not respawned."""
+        if self.num_workers <= 1:
+            log.warning(
+                "not removing the last worker",
+                extra={"action": "cluster_scaled", "workers": self.num_workers},
+            )
+            return
+        self.num_workers -= 1
+        log.info(
+            "removing a worker: %d slots",
+            self.num_workers,
+            extra={"action": "cluster_scaled", "workers": self.num_workers},
+        )
+        if self._rolling is not None and self._rolling.slot >= self.num_workers:
+            self._rolling = None
+        for handle in list(self.workers.values()):
+            if handle.slot >= self.num_workers and handle.stop_deadline is None:
+                self.retire_worker(handle)
+        for slot in [slot for slot in self.slots if slot >= self.num_workers]:
+            del self.slots[slot]
+        self._lost_slots = {slot for slot in self._lost_slots if slot < self.num_workers}
+
+    def handle_usr1(self) -> None:
+        """Reopen logs: nothing to do while logs go to stderr."""
+        log.info("USR1: no log files to reopen", extra={"action": "logs_reopened"})
+
+    # -- workers -------------------------------------------------------------------
+
+    def cpu_for(self, slot: int) -> int | None:
+        """The CPU a slot is pinned to: slot modulo the usable CPUs, or None."""
+        if not self._cpus:
+            return None
+        return self._cpus[slot % len(self._cpus)]
+
+    def spawn_workers(self) -> None:
+        """Fill every empty slot, pausing a random fraction of SPAWN_JITTER in between."""
+        missing = [slot for slot in range(self.num_workers) if slot not in self.slots]
+        for index, slot in enumerate(missing):
+            if index:
+                self.sleep(random.uniform(0, self.SPAWN_JITTER))
+            self.spawn_worker(slot)
+
+    def spawn_worker(self, slot: int) -> WorkerHandle | None:
+        """Fork the worker of ``slot`` (replacing the slot's owner); None if fork failed."""
+        heartbeat = Heartbeat()
+        spec = WorkerSpec(
+            slot=slot,
+            generation=self.generation,
+            cpu=self.cpu_for(slot),
+            cluster_id=self.cluster_id,
+            coordinator_pid=self.pid,
+            heartbeat=heartbeat,
+        )
+        spawned_at = self.clock()
+        # Block our signals across the fork: a TERM sent to the child before it
+        # resets its handlers stays pending and is delivered with the default
+        # action, instead of vanishing into the child's copy of our queue.
+        mask = (
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.handled_signals())
+            if self._wakeup is not None
+            else None
+        )
+        try:
+            pid = os.fork()
+            if pid == 0:
+                process.run_worker(
+                    self.target,
+                    spec,
+                    signals=self.handled_signals(),
+                    mask=mask,
+                    close_fds=self._wakeup or (),
+                    close_heartbeats=[h.heartbeat for h in self.workers.values()],
+                )
+        except OSError as exc:
+            heartbeat.close()
+            log.error(
+                "could not fork worker[%d]: %s",
+                slot,
+                exc,
+                extra={"action": "worker_spawn_failed", "slot": slot},
+            )
+            return None
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        handle = WorkerHandle(pid=pid, spec=spec, spawned_at=spawned_at)
+        self.workers[pid] = handle
+        self.slots[slot] = handle
+        respawn = slot in self._lost_slots
+        self._lost_slots.discard(slot)
+        log.info(
+            "worker[%d] %s (pid %d, generation %d, cpu %s)",
+            slot,
+            "respawned" if respawn else "spawned",
+            pid,
+            spec.generation,
+            "-" if spec.cpu is None else spec.cpu,
+            extra={
+                "action": "worker_respawned" if respawn else "worker_spawned",
+                "slot": slot,
+                "pid": pid,
+                "generation": spec.generation,
+            },
+        )
+        return handle
+
+    def kill_workers(self, signum: int) -> None:
+        for handle in list(self.workers.values()):
+            self.kill_worker(handle, signum)
+
+    def kill_worker(self, handle: WorkerHandle, signum: int) -> None:
+        if signum == signal.SIGKILL:
+            handle.killed = True
+        with contextlib.suppress(ProcessLookupError):  # already gone, reaped soon (or was)
+            os.kill(handle.pid, signum)
+
+    def retire_worker(self, handle: WorkerHandle) -> None:
+        """TERM a worker and let it drain; SIGKILL after graceful_timeout; never respawned."""
+        handle.replaced = True
+        if self.slots.get(handle.slot) is handle:
+            del self.slots[handle.slot]
+        handle.stop_deadline = self.clock() + self.settings.graceful_timeout
+        log.info(
+            "worker[%d] (pid %d, generation %d) is draining",
+            handle.slot,
+            handle.pid,
+            handle.spec.generation,
+            extra={"action": "worker_retired", "slot": handle.slot, "pid": handle.pid},
+        )
+        self.kill_worker(handle, signal.SIGTERM)
+
+    def reap_workers(self) -> None:
+        """Collect dead children; halt on a boot/plugin error, otherwise respawn later."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.workers.pop(pid, None)
+            if handle is None:
+                log.debug("reaped unknown child %d", pid, extra={"action": "worker_exited"})
+                continue
+            handle.heartbeat.close()
+            self._worker_exited(handle, status)
+
+    def _worker_exited(self, handle: WorkerHandle, status: int) -> None:
+        slot, pid = handle.slot, handle.pid
+        owner = self.slots.get(slot) is handle
+        if owner:
+            del self.slots[slot]
+        expected = self.stopping or handle.replaced or handle.stop_deadline is not None
+        extra: dict[str, Any] = {"action": "worker_exited", "slot": slot, "pid": pid}
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            name = _signal_name(signum)
+            extra["signal"] = name
+            if signum == signal.SIGKILL and not handle.killed:
+                log.error(
+                    "worker[%d] (pid %d) was killed by SIGKILL (out of memory? check the kernel log)",
+                    slot,
+                    pid,
+                    extra=extra,
+                )
+            elif handle.killed or handle.aborted:
+                log.warning("worker[%d] (pid %d) was killed by %s", slot, pid, name, extra=extra)
+            elif expected and signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                log.info("worker[%d] (pid %d) stopped by %s", slot, pid, name, extra=extra)
+            else:
+                log.error("worker[%d] (pid %d) died of %s", slot, pid, name, extra=extra)
+        else:
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_CRASH
+            extra["exit_code"] = code
+            if code in _HALT_REASONS and owner and not self.stopping:
+                self._boot_failed(handle, code)
+                return
+            level = logging.INFO if code == EXIT_OK or expected else logging.WARNING
+            log.log(level, "worker[%d] (pid %d) exited (code %d)", slot, pid, code, extra=extra)
+        if owner and not self.stopping:
+            self._lost_slots.add(slot)  # manage_workers respawns it
+
+    def _boot_failed(self, handle: WorkerHandle, code: int) -> None:
+        """A slot owner exited with a boot/plugin error: fall back to the old generation or halt."""
+        slot = handle.slot
+        what = f"worker[{slot}] {_HALT_REASONS[code]} (exit {code})"
+        pending = self._rolling
+        if (
+            pending is not None
+            and pending.slot == slot
+            and pending.old.pid in self.workers
+            and pending.old.stop_deadline is None
+        ):
+            # A rolling restart brought a broken configuration or plugin: keep the
+            # old generation serving rather than taking the whole cluster down.
+            pending.old.replaced = False
+            self.slots[slot] = pending.old
+            self._rolling = None
+            self._roll_queue.clear()
+            log.error(
+                "%s: rolling restart to generation %d abandoned, generation %d keeps running",
+                what,
+                handle.spec.generation,
+                pending.old.spec.generation,
+                extra={"action": "rolling_restart", "slot": slot, "pid": handle.pid},
+            )
+            return
+        raise HaltCluster(f"{what}: stopping the cluster instead of crash-looping", exit_status=code)
+
+    def murder_workers(self) -> None:
+        """SIGABRT a worker whose heartbeat is older than the timeout, SIGKILL it next round.
+
+        A draining worker is not judged by its heartbeat but SIGKILLed once its
+        ``graceful_timeout`` has passed.
+        """
+        now = self.clock()
+        timeout = self.settings.heartbeat_timeout
+        for handle in list(self.workers.values()):
+            if handle.stop_deadline is not None:
+                if now >= handle.stop_deadline and not handle.killed:
+                    log.warning(
+                        "worker[%d] (pid %d) did not drain within %gs: SIGKILL",
+                        handle.slot,
+                        handle.pid,
+                        self.settings.graceful_timeout,
+                        extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
+                    )
+                    self.kill_worker(handle, signal.SIGKILL)
+                continue
+            silent = now - handle.last_seen()
+            if silent <= timeout:
+                handle.aborted = False
+                continue
+            if handle.killed:
+                continue
+            signum = signal.SIGKILL if handle.aborted else signal.SIGABRT
+            log.error(
+                "worker[%d] (pid %d) sent no heartbeat for %.1fs: %s",
+                handle.slot,
+                handle.pid,
+                silent,
+                _signal_name(signum),
+                extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
+            )
+            handle.aborted = True
+            self.kill_worker(handle, signum)
+
+    def manage_workers(self) -> None:
+        """Respawn empty slots, then advance a rolling restart."""
+        if self.stopping:
+            return
+        self.spawn_workers()
+        self.roll_workers()
+
+    def roll_workers(self) -> None:
+        """Advance the rolling restart by at most one slot (never blocks)."""
+        while True:
+            pending = self._rolling
+            if pending is not None:
+                new = self.slots.get(pending.slot)
+                if new is None:
+                    return  # the new worker died before booting; it is being respawned
+                if not new.booted:
+                    if self.clock() < pending.deadline:
+                        return
+                    log.warning(
+                        "worker[%d] (generation %d) has not sent a heartbeat within %gs; "
+                        "replacing the old worker anyway",
+                        new.slot,
+                        new.spec.generation,
+                        self.settings.heartbeat_timeout,
+                        extra={"action": "rolling_restart", "slot": new.slot, "pid": new.pid},
+                    )
+                self._rolling = None
+                if pending.old.pid in self.workers and pending.old.stop_deadline is None:
+                    self.retire_worker(pending.old)
+                if not self._roll_queue:
+                    log.info(
+                        "rolling restart to generation %d done",
+                        self.generation,
+                        extra={"action": "rolling_restart", "generation": self.generation},
+                    )
+            if not self._roll_queue:
+                return
+            slot = self._roll_queue.popleft()
+            old = self.slots.get(slot)
+            if old is None or old.spec.generation == self.generation:
+                continue  # empty (respawned at the new generation) or already rolled
+            old.replaced = True
+            if self.spawn_worker(slot) is None:
+                old.replaced = False
+                self.slots[slot] = old
+                self._roll_queue.appendleft(slot)  # fork failed: try again next turn
+                return
+            self._rolling = _PendingRoll(
+                slot=slot, old=old, deadline=self.clock() + self.settings.heartbeat_timeout
+            )
+            return
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def stop(self, graceful: bool = True) -> None:
+        """TERM every worker, reap until the timeout, SIGKILL the rest, reap once more.
+
+        A second INT, QUIT or TERM during a graceful stop switches to a quick one.
+        """
+        self.stopping = True
+        self._roll_queue.clear()
+        self._rolling = None
+        timeout = self.settings.graceful_timeout if graceful else self.QUICK_STOP_TIMEOUT
+        log.info(
+            "stopping %d workers (%s, up to %gs)",
+            len(self.workers),
+            "graceful" if graceful else "quick",
+            timeout,
+            extra={"action": "cluster_stopping", "pid": self.pid},
+        )
+        self.kill_workers(signal.SIGTERM)
+        deadline = self.clock() + timeout
+        quick = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+        while True:
+            self.reap_workers()
+            remaining = deadline - self.clock()
+            if not self.workers or remaining <= 0:
+                break
+            for signum in self.wait_for_signals(min(remaining, self.LOOP_TIMEOUT)):
+                if graceful and signum in quick:
+                    graceful = False
+                    deadline = min(deadline, self.clock() + self.QUICK_STOP_TIMEOUT)
+                    log.info(
+                        "%s during a graceful stop: switching to a quick stop",
+                        _signal_name(signum),
+                        extra={"action": "cluster_stopping", "pid": self.pid},
+                    )
+        if self.workers:
+            log.warning(
+                "%d workers still running: SIGKILL",
+                len(self.workers),
+                extra={"action": "worker_killed", "pid": self.pid},
+            )
+            self.kill_workers(signal.SIGKILL)
+            deadline = self.clock() + self.KILL_REAP_TIMEOUT
+            while True:
+                self.reap_workers()
+                remaining = deadline - self.clock()
+                if not self.workers or remaining <= 0:
+                    break
+                self.wait_for_signals(min(remaining, self.ROLL_POLL_INTERVAL))
+        for handle in self.workers.values():
+            log.error(
+                "worker[%d] (pid %d) survived SIGKILL",
+                handle.slot,
+                handle.pid,
+                extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
+            )
+        log.info("cluster stopped", extra={"action": "cluster_stopped", "pid": self.pid})
+
+    def _close_heartbeats(self) -> None:
+        for handle in self.workers.values():
+            handle.heartbeat.close()

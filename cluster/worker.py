@@ -1,0 +1,306 @@
+"""The worker process: boot, claim partitions, run instances, stop gracefully.
+
+A worker is forked by the coordinator and connects only after the fork. Its
+event loop runs four tasks:
+
+- the partition manager (lock connection: claims, membership, LISTEN);
+- the scheduler (loads due instances of owned partitions into the engine);
+- the batcher (group commit of checkpoints);
+- the heartbeat (to the coordinator's heartbeat file; notices an orphaning).
+
+Signals: TERM stops gracefully (no new steps; in-flight steps finish and
+checkpoint within ``--graceful-timeout``; partitions released explicitly;
+exit 0). INT is ignored: the coordinator owns Ctrl-C and sends TERM. QUIT
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from . import crashpoints, db, pluginmanager, queries
+from .checkpoint import Batcher
+from .engine import LOAD_BATCH, Engine
+from .errors import PluginLoadError, StepKindConflict
+from .partitions import PartitionManager
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .coordinator import WorkerSpec
+
+logger = logging.getLogger(__name__)
+
+WORKER_BOOT_ERROR = 3
+PLUGIN_LOAD_ERROR = 4
+MAX_ACTIVE = 5000  # instances held in memory per worker
+HEARTBEAT_EVERY = 1.0  # seconds
+RECURSION_LIMIT = 20_000  # graphs nest up to 256 levels; each level is a few frames
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, settings: Settings, dsn: str) -> None:
+        self.spec = spec
+        self.slot = spec.slot
+        self.generation = spec.generation
+        self.settings = settings
+        self.dsn = dsn
+        self.worker_id = str(uuid.uuid4())
+        self.stop_event: asyncio.Event | None = None
+        self.wakeup: asyncio.Event | None = None
+        self.plugins: pluginmanager.Plugins | None = None
+        self.engine: Engine | None = None
+        self.partitions: PartitionManager | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- process entry ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Boot and run; the return value is the process exit code."""
+        sys.setrecursionlimit(RECURSION_LIMIT)
+        crashpoints.configure(os.environ.get(crashpoints.ENV))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.plugins = pluginmanager.build(self.settings.plugins_dir)
+        except (PluginLoadError, StepKindConflict) as exc:
+            logger.error("worker[%d]: %s", self.slot, exc, extra={"action": "plugin_load_failed"})
+            return PLUGIN_LOAD_ERROR
+        except Exception:
+            logger.exception("worker[%d] failed to boot", self.slot, extra={"action": "worker_boot_failed"})
+            return WORKER_BOOT_ERROR
+        return asyncio.run(self.main())
+
+    async def main(self) -> int:
+        assert self.plugins is not None
+        loop = asyncio.get_running_loop()
+        self.stop_event = stop = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGQUIT, self._quit)
+        writer_stop = asyncio.Event()
+        exited = asyncio.Event()
+        partitions = self.partitions = PartitionManager(
+            self.dsn,
+            worker_id=self.worker_id,
+            cluster_id=self.spec.cluster_id,
+            slot=self.slot,
+            cpu=self.spec.cpu,
+            total=await self._partition_count(stop),
+            local_workers=self.settings.worker_count,
+            on_claimed=self._claimed,
+            on_release=self._release,
+            on_lost=self._lost,
+            on_notify=self._notified,
+        )
+        batcher = Batcher(db.runtime_conninfo(self.dsn), partitions.claim, partitions.lose)
+        engine = self.engine = Engine(
+            dsn=db.runtime_conninfo(self.dsn),
+            settings=self.settings,
+            plugins=self.plugins,
+            batcher=batcher,
+            claims=partitions.claim,
+            worker=self,
+        )
+        await engine.pool.open(wait=False)
+        self.plugins.worker_started(self)
+        logger.info(
+            "worker[%d] started (pid %d, cpu %s)",
+            self.slot,
+            os.getpid(),
+            self.spec.cpu,
+            extra={"action": "worker_started", "slot": self.slot},
+        )
+        tasks = [
+            loop.create_task(batcher.run(writer_stop), name="batcher"),
+            loop.create_task(partitions.run(stop), name="partitions"),
+            loop.create_task(self._schedule(stop), name="scheduler"),
+            loop.create_task(self._heartbeat(exited, stop), name="heartbeat"),
+        ]
+        batcher_task, partitions_task, scheduler_task, heartbeat_task = tasks
+        stopped = loop.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopped and task.exception() is not None:
+                logger.error(
+                    "worker[%d]: %s crashed",
+                    self.slot,
+                    task.get_name(),
+                    exc_info=task.exception(),
+                    extra={"action": "worker_task_crashed"},
+                )
+                return 1
+        # Graceful stop.
+        logger.info(
+            "worker[%d] stopping: finishing in-flight steps",
+            self.slot,
+            extra={"action": "worker_stopping", "slot": self.slot},
+        )
+        partitions.state = "stopping"
+        scheduler_task.cancel()
+        await engine.drain_all(self.settings.graceful_timeout)
+        await asyncio.gather(scheduler_task, partitions_task, return_exceptions=True)
+        await batcher.drain()
+        writer_stop.set()
+        await batcher_task
+        await partitions.stop()
+        self.plugins.worker_exiting(self)
+        await engine.close()
+        exited.set()
+        await heartbeat_task
+        logger.info("worker[%d] stopped", self.slot, extra={"action": "worker_stopped", "slot": self.slot})
+        return 0
+
+    def _quit(self) -> None:
+        os._exit(0)
+
+    async def _partition_count(self, stop: asyncio.Event) -> int:
+        async def read() -> int:
+            async with await psycopg.AsyncConnection.connect(
+                db.runtime_conninfo(self.dsn), autocommit=True
+            ) as conn:
+                row = await (
+                    await conn.execute("SELECT value::int FROM durable.settings WHERE name = 'partitions'")
+                ).fetchone()
+                if row is None:
+                    raise RuntimeError("the schema has no partition count: run durable-cluster init")
+                return int(row[0])
+
+        count: int = await db.retry_async("reading the partition count", read, stop=stop)
+        return count
+
+    # -- partition callbacks --------------------------------------------------------------------
+
+    async def _claimed(self, partition: int) -> None:
+        assert self.plugins is not None and self.wakeup is not None
+        self.plugins.partition_claimed(self, partition)
+        self.wakeup.set()
+
+    async def _release(self, partition: int) -> None:
+        assert self.plugins is not None and self.engine is not None
+        await self.engine.drain_partition(partition, self.settings.graceful_timeout)
+        self.plugins.partition_released(self, partition)
+
+    def _lost(self, lost: set[int]) -> None:
+        assert self.plugins is not None and self.engine is not None
+        for partition in lost:
+            self.engine.drop_partition(partition)
+            self.plugins.partition_released(self, partition)
+
+    def _notified(self, payload: str) -> None:
+        assert self.partitions is not None and self.engine is not None and self.wakeup is not None
+        head, _, instance_id = payload.partition(":")
+        try:
+            partition = int(head)
+        except ValueError:
+            return
+        if self.partitions.claim(partition) is None:
+            return
+        if not instance_id:
+            self.wakeup.set()
+            return
+        if instance_id in self.engine.active:
+            self._background(self.engine.poke(instance_id))
+        elif not self.engine.stopping:
+            self._background(self.engine.load([instance_id]))
+
+    def _background(self, work: Any) -> None:
+        """Run ``work`` as a task kept alive until it finishes (wake-ups from NOTIFY)."""
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Any) -> None:
+        try:
+            await work
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.warning(
+                "wake-up handling failed: %s",
+                db.primary_message(exc),
+                extra={"action": "wake_failed"},
+            )
+            assert self.wakeup is not None
+            self.wakeup.set()
+
+    # -- the scheduler -----------------------------------------------------------------------
+
+    async def _schedule(self, stop: asyncio.Event) -> None:
+        assert self.engine is not None and self.partitions is not None and self.wakeup is not None
+        engine, partitions, wakeup = self.engine, self.partitions, self.wakeup
+        poll = self.settings.poll_interval
+        last_sweep = 0.0
+        delay = db.backoff_delays()
+        while not stop.is_set():
+            wakeup.clear()
+            timeout = poll
+            try:
+                owned = partitions.owned()
+                if owned and not engine.stopping:
+                    async with engine.pool.connection() as conn:
+                        if time.monotonic() - last_sweep >= poll:
+                            last_sweep = time.monotonic()
+                            await conn.execute(queries.get("stuck_runs"), {"partitions": owned})
+                        capacity = MAX_ACTIVE - len(engine.active)
+                        limit = min(capacity, LOAD_BATCH)
+                        ids: list[str] = []
+                        if limit > 0:
+                            rows = await (
+                                await conn.execute(
+                                    queries.get("fetch_due"), {"partitions": owned, "limit": limit}
+                                )
+                            ).fetchall()
+                            ids = [str(r[0]) for r in rows if r[0] not in engine.active]
+                        row = await (
+                            await conn.execute(queries.get("next_wake"), {"partitions": owned})
+                        ).fetchone()
+                    if ids:
+                        await engine.load(ids)
+                        if len(ids) >= limit:
+                            continue
+                    if row and row[0] is not None:
+                        timeout = max(0.0, min(poll, float(row[0]) - time.time()))
+                delay = db.backoff_delays()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                wait = delay()
+                logger.warning(
+                    "scheduler: database unavailable (%s); retrying in %.1fs",
+                    db.primary_message(exc),
+                    wait,
+                    extra={"action": "scheduler_retry"},
+                )
+                timeout = wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout)
+
+    async def _heartbeat(self, exited: asyncio.Event, stop: asyncio.Event) -> None:
+        """Tell the coordinator we live (until the very end); stop if it died."""
+        assert self.engine is not None
+        last_idle_sweep = time.monotonic()
+        while not exited.is_set():
+            self.spec.heartbeat.notify()
+            if os.getppid() != self.spec.coordinator_pid and not stop.is_set():
+                logger.error(
+                    "worker[%d]: the coordinator is gone; stopping",
+                    self.slot,
+                    extra={"action": "worker_orphaned"},
+                )
+                stop.set()
+            if time.monotonic() - last_idle_sweep > 30 and not stop.is_set():
+                last_idle_sweep = time.monotonic()
+                await self.engine.roles.close_idle()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited.wait(), HEARTBEAT_EVERY)
+
+
+def run_worker(spec: WorkerSpec, *, settings: Settings, dsn: str) -> int:
+    """The coordinator's worker target: runs in the forked child."""
+    return Worker(spec, settings, dsn).run()

@@ -1,0 +1,103 @@
+"""The built-in SQL step: one statement, as the submitting role, checkpointed exactly once.
+
+On the home database the statement and the step's checkpoint run in one
+transaction on a connection authenticated as the submitter, so the step's
+effects and its recorded result commit together or not at all: a crash
+before the commit re-runs the step, a crash after it never does.
+
+Statements that cannot run inside a transaction block (VACUUM, CREATE
+DATABASE, CREATE INDEX CONCURRENTLY, procedures that COMMIT) are run again in
+autocommit mode and recorded afterwards: at-least-once, as pg_durable runs
+every step. Steps in another database (``df.start(..., database => 'x')``)
+are at-least-once too. ``df.nodes.status_details.guarantee`` says which
+applied.
+
+The statement is sent with the extended query protocol (binary results), so
+PostgreSQL rejects several ``;``-separated statements, as in pg_durable.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+
+from durable_cluster import StepContext, StepFailed, hookimpl
+from durable_cluster.encoding import UnsupportedColumnType, encode_rows
+from durable_cluster.errors import TransientStepError
+
+if TYPE_CHECKING:
+    from durable_cluster import StepRegistry
+
+#: SQLSTATEs meaning "not inside a transaction block, please".
+NEEDS_AUTOCOMMIT = (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination)
+#: SQLSTATEs that say nothing about the statement itself: run it again (the
+#: runtime bounds how often). Connection loss, server shutdown or restart,
+#: serialization failures and deadlocks, exhausted resources.
+TRANSIENT = ("08", "57P01", "57P02", "57P03", "40001", "40P01", "53")
+
+
+@hookimpl
+def durable_register_steps(registry: StepRegistry) -> None:
+    registry.add("sql", run_sql, description="one SQL statement, as the submitting role")
+
+
+async def run_sql(ctx: StepContext) -> Any:
+    query = str(ctx.args)
+    try:
+        async with ctx.connection() as conn:
+            if not ctx.home_database:
+                return await _autocommit(conn, query)
+            try:
+                async with conn.transaction():
+                    value = await _execute(conn, query)
+                    if conn.info.transaction_status != TransactionStatus.INTRANS:
+                        # The statement ended our transaction itself (COMMIT,
+                        # ROLLBACK): its effects stand on their own.
+                        return value
+                    await ctx.commit_with_checkpoint(conn, value)
+                return value
+            except NEEDS_AUTOCOMMIT:
+                return await _autocommit(conn, query)
+    except psycopg.Error as exc:
+        raise _classify(exc) from exc
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+    await conn.set_autocommit(True)
+    try:
+        return await _execute(conn, query)
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)
+
+
+async def _execute(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+    async with conn.cursor(binary=True) as cur:
+        await cur.execute(query.encode(), binary=True)  # extended protocol: one statement only
+        if cur.description is None:
+            return {"rows": [], "row_count": 0}
+        rows = await cur.fetchall()
+        try:
+            return encode_rows(cur.description, rows)
+        except UnsupportedColumnType as exc:
+            raise StepFailed(str(exc)) from exc
+
+
+def _classify(exc: psycopg.Error) -> Exception:
+    state = exc.sqlstate or ""
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        return TransientStepError(f"connection lost: {_message(exc)}")
+    if state.startswith(TRANSIENT):
+        return TransientStepError(f"SQL execution failed: {_message(exc)}")
+    return StepFailed(f"SQL execution failed: {_message(exc)}")
+
+
+def _message(exc: psycopg.Error) -> str:
+    primary = exc.diag.message_primary if exc.diag else None
+    if primary:
+        return primary
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

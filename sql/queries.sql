@@ -1,0 +1,196 @@
+-- Every runtime query of durable-cluster, by name (loaded by cluster/queries.py).
+-- Only partitions.py, checkpoint.py and store.py use them.
+-- Placeholders are psycopg's %(name)s.
+
+-- name: lock_member
+-- Take a membership key: the session lock is held for the worker's lifetime.
+SELECT pg_catalog.pg_try_advisory_lock(1145241603, %(member_key)s) AS locked
+
+-- name: live_members
+-- Live workers of this database, across hosts: the membership locks held now.
+SELECT count(*) AS live
+  FROM pg_catalog.pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1145241603
+   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+
+-- name: held_partitions
+-- Partitions some worker holds right now.
+SELECT l.objid::integer AS partition
+  FROM pg_catalog.pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1145241601
+   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+
+-- name: try_lock_partition
+SELECT pg_catalog.pg_try_advisory_lock(1145241601, %(partition)s) AS locked
+
+-- name: unlock_partition
+SELECT pg_catalog.pg_advisory_unlock(1145241601, %(partition)s) AS unlocked
+
+-- name: fence_exclusive
+-- Inside the claim transaction: wait for in-flight checkpoints under the old epoch.
+SELECT pg_catalog.pg_advisory_xact_lock(1145241602, %(partition)s)
+
+-- name: bump_epoch
+UPDATE durable.partitions
+   SET epoch = epoch + 1, worker_id = %(worker_id)s, secret_hash = pg_catalog.sha256(%(secret)s),
+       claimed_at = pg_catalog.now()
+ WHERE partition = %(partition)s
+RETURNING epoch
+
+-- name: wake_recovered
+-- Inside the claim transaction: instances the previous owner held in memory,
+-- and any with an unconsumed signal, are due now.
+UPDATE durable.runs r
+   SET wake_at = pg_catalog.now()
+ WHERE r.partition = %(partition)s
+   AND (r.wake_at = 'infinity'
+        OR EXISTS (SELECT 1 FROM durable.signals s WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL))
+
+-- name: register_worker
+INSERT INTO durable.workers (id, member_key, cluster_id, host, pid, slot, cpu)
+VALUES (%(id)s, %(member_key)s, %(cluster_id)s, %(host)s, %(pid)s, %(slot)s, %(cpu)s)
+
+-- name: prune_member
+-- Rows left by dead workers that held the membership key we just took.
+DELETE FROM durable.workers WHERE member_key = %(member_key)s AND id <> %(id)s
+
+-- name: heartbeat_worker
+UPDATE durable.workers
+   SET heartbeat_at = pg_catalog.now(), partitions = %(partitions)s, state = %(state)s
+ WHERE id = %(id)s
+
+-- name: remove_worker
+DELETE FROM durable.workers WHERE id = %(id)s
+
+-- name: heartbeat_epoch
+INSERT INTO df._worker_epoch (epoch_id) VALUES (%(cluster_id)s)
+ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = pg_catalog.now()
+
+-- name: mark_ready
+INSERT INTO _duroxide._worker_ready (sentinel, schema_version) VALUES (true, 1)
+ON CONFLICT (sentinel) DO NOTHING
+
+-- name: fetch_due
+-- Instances of these partitions that need a worker now.
+SELECT r.instance_id
+  FROM durable.runs r
+ WHERE r.partition = ANY(%(partitions)s) AND r.wake_at <= pg_catalog.now()
+ ORDER BY r.wake_at
+ LIMIT %(limit)s
+
+-- name: next_wake
+SELECT pg_catalog.date_part('epoch', min(r.wake_at))::float8 AS next
+  FROM durable.runs r
+ WHERE r.partition = ANY(%(partitions)s) AND r.wake_at > pg_catalog.now() AND r.wake_at <> 'infinity'
+
+-- name: stuck_runs
+-- Safety net: waiting instances with an unconsumed signal or a cancel they were not woken for.
+UPDATE durable.runs r
+   SET wake_at = pg_catalog.now()
+ WHERE r.partition = ANY(%(partitions)s)
+   AND (r.wake_at IS NULL OR r.wake_at > pg_catalog.now()) AND r.wake_at <> 'infinity'
+   AND (EXISTS (SELECT 1 FROM durable.signals s WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL)
+        OR EXISTS (SELECT 1 FROM df.instances i WHERE i.id = r.instance_id
+                    AND i.status IN ('completed', 'failed', 'cancelled')))
+
+-- name: load_runs
+SELECT r.instance_id, r.partition, r.submitted_by::bigint AS role_oid, a.rolname, a.rolsuper, a.rolcanlogin,
+       r.database, r.label, r.root_node, r.graph, r.vars, r.crashes, i.status
+  FROM durable.runs r
+  LEFT JOIN pg_catalog.pg_roles a ON a.oid = r.submitted_by
+  LEFT JOIN df.instances i ON i.id = r.instance_id
+ WHERE r.instance_id = ANY(%(ids)s)
+
+-- name: load_journal
+SELECT j.instance_id, j.step_key, j.kind, j.ok, j.value, j.guarantee
+  FROM durable.journal j
+ WHERE j.instance_id = ANY(%(ids)s)
+
+-- name: load_signals
+SELECT s.id, s.instance_id, s.name, s.data
+  FROM durable.signals s
+ WHERE s.instance_id = ANY(%(ids)s) AND s.consumed_by IS NULL
+ ORDER BY s.id
+
+-- name: load_stamps
+SELECT n.instance_id, n.id, n.status, n.status_details ->> 'execution_id' AS scope
+  FROM df.nodes n
+ WHERE n.instance_id = ANY(%(ids)s) AND n.status <> 'pending'
+
+-- name: instance_status
+SELECT i.id, i.status FROM df.instances i WHERE i.id = ANY(%(ids)s)
+
+-- name: get_records
+SELECT j.instance_id, j.step_key, j.kind, j.ok, j.value, j.guarantee
+  FROM durable.journal j
+ WHERE (j.instance_id, j.step_key) IN (SELECT * FROM unnest(%(ids)s::text[], %(keys)s::text[]))
+
+-- name: fence_check
+SELECT durable.fence_check_v1(%(partitions)s, %(epochs)s, %(secrets)s) AS stale
+
+-- name: insert_records
+INSERT INTO durable.journal (instance_id, step_key, kind, ok, value, guarantee)
+SELECT * FROM unnest(%(ids)s::text[], %(keys)s::text[], %(kinds)s::text[], %(oks)s::boolean[],
+                                %(values)s::jsonb[], %(guarantees)s::text[])
+ON CONFLICT DO NOTHING
+RETURNING instance_id, step_key
+
+-- name: consume_signals
+UPDATE durable.signals s
+   SET consumed_by = u.key
+  FROM unnest(%(signal_ids)s::bigint[], %(keys)s::text[]) AS u(id, key)
+ WHERE s.id = u.id AND s.consumed_by IS NULL
+
+-- name: drop_records
+DELETE FROM durable.journal j
+ USING unnest(%(ids)s::text[], %(prefixes)s::text[]) AS u(iid, prefix)
+ WHERE j.instance_id = u.iid AND pg_catalog.starts_with(j.step_key, u.prefix)
+
+-- name: stamp_nodes
+UPDATE df.nodes n
+   SET status = u.status, result = u.result,
+       status_details = pg_catalog.jsonb_build_object('execution_id', u.scope) || coalesce(u.details, '{}'),
+       updated_at = pg_catalog.now()
+  FROM unnest(%(ids)s::text[], %(nodes)s::text[], %(statuses)s::text[], %(results)s::jsonb[],
+                         %(scopes)s::text[], %(details)s::jsonb[]) AS u(iid, nid, status, result, scope, details)
+ WHERE n.instance_id = u.iid AND n.id = u.nid
+
+-- name: mark_running
+UPDATE df.instances SET status = 'running', updated_at = pg_catalog.now()
+ WHERE id = ANY(%(ids)s) AND status = 'pending'
+
+-- name: mark_loaded
+UPDATE durable.runs SET wake_at = 'infinity' WHERE instance_id = ANY(%(ids)s)
+
+-- name: set_wake
+-- Park instances until their next timer (NULL: until a signal). A signal or a
+-- cancel that arrived since the worker looked wins: the instance is due now.
+UPDATE durable.runs r
+   SET wake_at = CASE
+         WHEN EXISTS (SELECT 1 FROM durable.signals s
+                       WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL AND s.id > u.seen
+                         AND w.wake IS DISTINCT FROM 'infinity')
+           OR (w.wake IS DISTINCT FROM 'infinity'
+               AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = r.instance_id AND i.status = 'cancelled'))
+         THEN pg_catalog.now()
+         ELSE w.wake END,
+       crashes = 0
+  FROM unnest(%(ids)s::text[], %(wakes)s::text[], %(seen)s::bigint[]) AS u(iid, wake_text, seen)
+  CROSS JOIN LATERAL (SELECT NULLIF(u.wake_text, '')::timestamptz AS wake) AS w
+ WHERE r.instance_id = u.iid
+
+-- name: finish_instances
+UPDATE df.instances i
+   SET status = u.status, updated_at = pg_catalog.now(),
+       completed_at = CASE WHEN u.status = 'completed' THEN pg_catalog.now() END
+  FROM unnest(%(ids)s::text[], %(statuses)s::text[]) AS u(iid, status)
+ WHERE i.id = u.iid AND i.status NOT IN ('completed', 'failed', 'cancelled')
+
+-- name: delete_runs
+DELETE FROM durable.runs WHERE instance_id = ANY(%(ids)s)
+
+-- name: delete_journal
+DELETE FROM durable.journal WHERE instance_id = ANY(%(ids)s)
+
+-- name: delete_signals
+DELETE FROM durable.signals WHERE instance_id = ANY(%(ids)s)
