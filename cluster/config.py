@@ -198,6 +198,11 @@ class Settings:
     execution_acquire_timeout: float = 30.0
     enable_superuser_instances: bool = False
     poll_interval: float = 5.0
+    http_allow_hosts: str = ""
+    http_allow_private: bool = False
+    http_max_request_bytes: int = 10 * 1024 * 1024
+    http_max_response_bytes: int = 10 * 1024 * 1024
+    http_timeout_ceiling: float = 300.0
     plugins_dir: Path | None = None
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
     import psycopg
 
+    from .config import Settings
+
 
 class StepServices(Protocol):
     """What the runtime lends a context (implemented by the worker's engine)."""
@@ -24,6 +26,8 @@ class StepServices(Protocol):
     async def checkpoint_in(
         self, ctx: StepContext, conn: psycopg.AsyncConnection[Any], value: Any
     ) -> None: ...
+
+    async def has_function_privilege(self, role: str, signature: str) -> bool: ...
 
 
 @dataclass
@@ -69,6 +73,8 @@ class StepContext:
     recorded: bool = False
     #: the guarantee that applied, reported in ``df.nodes.status_details``.
     guarantee: str = "at-least-once"
+    #: the worker's settings (read-only), e.g. the HTTP guard's options.
+    settings: Settings | None = field(default=None, repr=False)
     _services: StepServices | None = field(default=None, repr=False)
 
     @property
@@ -102,6 +108,16 @@ class StepContext:
         await self._services.checkpoint_in(self, conn, value)
         self.recorded = True
         self.guarantee = "exactly-once"
+
+    async def has_function_privilege(self, signature: str) -> bool:
+        """Whether the submitting role may EXECUTE ``signature`` now (e.g. ``df.http(...)``).
+
+        Checked by the runtime's own connection at call time, so a REVOKE takes
+        effect for the next step of a running instance.
+        """
+        if self._services is None:
+            raise RuntimeError("this StepContext has no database services")
+        return await self._services.has_function_privilege(self.submitted_by, signature)
 
 
 def step_logger(name: str, instance_id: str, node_id: str, key: str) -> logging.LoggerAdapter[logging.Logger]:

@@ -455,6 +455,7 @@ class Engine:
             partition=inst.partition,
             logger=step_logger(f"durable_cluster.step.{kind}", inst.id, node.id, request.key),
             handler=registration.handler,
+            settings=self.settings,
             _services=self,
         )
         task = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
@@ -627,6 +628,15 @@ class Engine:
             if state == "23505":
                 raise AlreadyRecorded(key_message(ctx)) from exc
             raise
+
+    async def has_function_privilege(self, role: str, signature: str) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT pg_catalog.has_function_privilege(%s, %s, 'EXECUTE')", (role, signature)
+                )
+            ).fetchone()
+        return bool(row and row[0])
 
 
 def key_message(ctx: StepContext) -> str:
