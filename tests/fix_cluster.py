@@ -36,12 +36,14 @@ class Cluster:
         workers: int = 2,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        pin: bool = False,
     ) -> None:
         self.dsn = dsn
         self.workdir = workdir
         self.workers = workers
         self.args = args
         self.env = env or {}
+        self.pin = pin
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"cluster-{time.monotonic_ns()}.log"
         self.out_path = self.log_path.with_suffix(".out")
@@ -54,7 +56,7 @@ class Cluster:
             "start",
             "--workers",
             str(self.workers),
-            "--no-pin",
+            "--pin" if self.pin else "--no-pin",
         ]
         if self.dsn:
             command += ["--dsn", self.dsn]
@@ -190,8 +192,9 @@ def start_cluster(dsn: str, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         env: dict[str, str] | None = None,
         wait: bool = True,
         database_dsn: str | None = None,
+        pin: bool = False,
     ) -> Cluster:
-        cluster = Cluster(database_dsn or dsn, tmp_path, workers=workers, args=args, env=env)
+        cluster = Cluster(database_dsn or dsn, tmp_path, workers=workers, args=args, env=env, pin=pin)
         started.append(cluster)
         return cluster.start(wait=wait)
 
