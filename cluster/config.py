@@ -197,6 +197,11 @@ class Settings:
     max_user_connections: int = 10
     execution_acquire_timeout: float = 30.0
     enable_superuser_instances: bool = False
+    list_instances_max_limit: int = 1000
+    retention_days: int = 30
+    reconcile_interval: int = 3600
+    max_new_transaction_starts: int = 2
+    new_transaction_start_timeout: int = 5
     poll_interval: float = 5.0
     http_allow_hosts: str = ""
     http_allow_private: bool = False
@@ -230,6 +235,9 @@ class Settings:
         """The settings the SQL surface reads from ``durable.settings``."""
         return {
             "enable_superuser_instances": "on" if self.enable_superuser_instances else "off",
+            "list_instances_max_limit": str(self.list_instances_max_limit),
+            "max_new_transaction_starts": str(self.max_new_transaction_starts),
+            "new_transaction_start_timeout": str(self.new_transaction_start_timeout),
         }
 
 

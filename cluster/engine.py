@@ -28,6 +28,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import crashpoints, db, graph, queries, steps
+from .clock import now as clock_now
 from .context import StepContext, step_logger
 from .errors import (
     AlreadyRecorded,
@@ -87,7 +88,7 @@ class Engine:
         batcher: Batcher,
         claims: Callable[[int], Claim | None],
         worker: Any,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = clock_now,
     ) -> None:
         self.dsn = dsn
         self.settings = settings

@@ -20,16 +20,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from . import crashpoints, db, pluginmanager, queries
+from . import clock, crashpoints, db, pluginmanager, queries
 from .checkpoint import Batcher
 from .engine import LOAD_BATCH, Engine
 from .errors import PluginLoadError, StepKindConflict
@@ -69,6 +71,7 @@ class Worker:
         """Boot and run; the return value is the process exit code."""
         sys.setrecursionlimit(RECURSION_LIMIT)
         crashpoints.configure(os.environ.get(crashpoints.ENV))
+        clock.configure(os.environ.get(clock.ENV))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self.plugins = pluginmanager.build(self.settings.plugins_dir)
@@ -125,8 +128,9 @@ class Worker:
             loop.create_task(partitions.run(stop), name="partitions"),
             loop.create_task(self._schedule(stop), name="scheduler"),
             loop.create_task(self._heartbeat(exited, stop), name="heartbeat"),
+            loop.create_task(self._reconcile(stop), name="reconciler"),
         ]
-        batcher_task, partitions_task, scheduler_task, heartbeat_task = tasks
+        batcher_task, partitions_task, scheduler_task, heartbeat_task, reconcile_task = tasks
         stopped = loop.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -147,8 +151,9 @@ class Worker:
         )
         partitions.state = "stopping"
         scheduler_task.cancel()
+        reconcile_task.cancel()
         await engine.drain_all(self.settings.graceful_timeout)
-        await asyncio.gather(scheduler_task, partitions_task, return_exceptions=True)
+        await asyncio.gather(scheduler_task, reconcile_task, partitions_task, return_exceptions=True)
         await batcher.drain()
         writer_stop.set()
         await batcher_task
@@ -255,19 +260,23 @@ class Worker:
                         if limit > 0:
                             rows = await (
                                 await conn.execute(
-                                    queries.get("fetch_due"), {"partitions": owned, "limit": limit}
+                                    queries.get("fetch_due"),
+                                    {"partitions": owned, "limit": limit, "now": _timestamp(clock.now())},
                                 )
                             ).fetchall()
                             ids = [str(r[0]) for r in rows if r[0] not in engine.active]
                         row = await (
-                            await conn.execute(queries.get("next_wake"), {"partitions": owned})
+                            await conn.execute(
+                                queries.get("next_wake"),
+                                {"partitions": owned, "now": _timestamp(clock.now())},
+                            )
                         ).fetchone()
                     if ids:
                         await engine.load(ids)
                         if len(ids) >= limit:
                             continue
                     if row and row[0] is not None:
-                        timeout = max(0.0, min(poll, float(row[0]) - time.time()))
+                        timeout = max(0.0, min(poll, float(row[0]) - clock.now()))
                 delay = db.backoff_delays()
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 wait = delay()
@@ -280,6 +289,54 @@ class Worker:
                 timeout = wait
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout)
+
+    async def _reconcile(self, stop: asyncio.Event) -> None:
+        """Retention and orphan clean-up, by one worker of the database at a time."""
+        assert self.engine is not None
+        interval = self.settings.reconcile_interval
+        if interval <= 0:
+            return
+        # Stagger the workers; the lock makes sure only one cleans at a time anyway.
+        first = min(interval, 5.0) * (0.5 + random.random())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), first)
+        while not stop.is_set():
+            try:
+                await self._reconcile_once()
+            except (psycopg.Error, PoolTimeout) as exc:
+                logger.warning(
+                    "reconciler: %s", db.primary_message(exc), extra={"action": "reconcile_failed"}
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _reconcile_once(self) -> None:
+        assert self.engine is not None
+        batch = 5000
+        purged = orphans = 0
+        async with self.engine.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(queries.get("try_reconcile_lock"))).fetchone()
+            if not row or not row[0]:
+                return
+            while True:
+                cur = await conn.execute(
+                    queries.get("purge_old_terminal"),
+                    {"days": self.settings.retention_days, "batch": batch},
+                )
+                count = len(await cur.fetchall())
+                purged += count
+                if count < batch:
+                    break
+            cur = await conn.execute(queries.get("purge_orphans"), {"batch": batch})
+            orphans = len(await cur.fetchall())
+            await conn.execute(queries.get("purge_stray_records"), {"batch": batch})
+        if purged or orphans:
+            logger.info(
+                "reconciler: deleted %d terminal instances past retention, %d orphaned runs",
+                purged,
+                orphans,
+                extra={"action": "reconciled"},
+            )
 
     async def _heartbeat(self, exited: asyncio.Event, stop: asyncio.Event) -> None:
         """Tell the coordinator we live (until the very end); stop if it died."""
@@ -299,6 +356,10 @@ class Worker:
                 await self.engine.roles.close_idle()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(exited.wait(), HEARTBEAT_EVERY)
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def run_worker(spec: WorkerSpec, *, settings: Settings, dsn: str) -> int:

@@ -71,17 +71,17 @@ INSERT INTO _duroxide._worker_ready (sentinel, schema_version) VALUES (true, 1)
 ON CONFLICT (sentinel) DO NOTHING
 
 -- name: fetch_due
--- Instances of these partitions that need a worker now.
+-- Instances of these partitions that need a worker now (by the worker's clock).
 SELECT r.instance_id
   FROM durable.runs r
- WHERE r.partition = ANY(%(partitions)s) AND r.wake_at <= pg_catalog.now()
+ WHERE r.partition = ANY(%(partitions)s) AND r.wake_at <= %(now)s
  ORDER BY r.wake_at
  LIMIT %(limit)s
 
 -- name: next_wake
 SELECT pg_catalog.date_part('epoch', min(r.wake_at))::float8 AS next
   FROM durable.runs r
- WHERE r.partition = ANY(%(partitions)s) AND r.wake_at > pg_catalog.now() AND r.wake_at <> 'infinity'
+ WHERE r.partition = ANY(%(partitions)s) AND r.wake_at > %(now)s AND r.wake_at <> 'infinity'
 
 -- name: stuck_runs
 -- Safety net: waiting instances with an unconsumed signal or a cancel they were not woken for.
@@ -194,3 +194,52 @@ DELETE FROM durable.journal WHERE instance_id = ANY(%(ids)s)
 
 -- name: delete_signals
 DELETE FROM durable.signals WHERE instance_id = ANY(%(ids)s)
+
+-- name: try_reconcile_lock
+-- One reconciler per database at a time (transaction-level lock).
+SELECT pg_catalog.pg_try_advisory_xact_lock(1145241605, 0) AS locked
+
+-- name: purge_old_terminal
+-- Retention: terminal instances older than the window (by completed_at, else
+-- created_at), and any beyond the newest 10,000 terminal ones. Nodes go with
+-- their instance (ON DELETE CASCADE).
+WITH terminal AS (
+    SELECT i.id, coalesce(i.completed_at, i.created_at) AS at,
+           row_number() OVER (ORDER BY coalesce(i.completed_at, i.created_at) DESC, i.id) AS newest
+      FROM df.instances i
+     WHERE i.status IN ('completed', 'failed', 'cancelled')
+), doomed AS (
+    SELECT t.id FROM terminal t
+     WHERE t.at < pg_catalog.now() - pg_catalog.make_interval(days => %(days)s) OR t.newest > 10000
+     LIMIT %(batch)s
+)
+DELETE FROM df.instances i USING doomed d WHERE i.id = d.id
+RETURNING i.id
+
+-- name: purge_orphans
+-- Runtime rows whose instance is gone (deleted by hand) or already terminal.
+WITH orphans AS (
+    SELECT r.instance_id FROM durable.runs r
+     WHERE NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = r.instance_id)
+     LIMIT %(batch)s
+), gone_journal AS (
+    DELETE FROM durable.journal j USING orphans o WHERE j.instance_id = o.instance_id
+), gone_signals AS (
+    DELETE FROM durable.signals s USING orphans o WHERE s.instance_id = o.instance_id
+)
+DELETE FROM durable.runs r USING orphans o WHERE r.instance_id = o.instance_id
+RETURNING r.instance_id
+
+-- name: purge_stray_records
+-- Journal rows and signals of instances no longer running (a late write after the end).
+WITH stray_journal AS (
+    DELETE FROM durable.journal j
+     WHERE j.ctid = ANY(ARRAY(SELECT j2.ctid FROM durable.journal j2
+                               WHERE NOT EXISTS (SELECT 1 FROM durable.runs r WHERE r.instance_id = j2.instance_id)
+                               LIMIT %(batch)s))
+    RETURNING 1
+)
+DELETE FROM durable.signals s
+ WHERE NOT EXISTS (SELECT 1 FROM durable.runs r WHERE r.instance_id = s.instance_id)
+   AND s.sent_at < pg_catalog.now() - interval '1 minute'
+RETURNING (SELECT count(*) FROM stray_journal)

@@ -155,7 +155,7 @@ CREATE FUNCTION df.status(instance_id text)
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT i.status FROM df.instances i WHERE i.id = instance_id $$;
+AS $$ SELECT i.status FROM df.instances i WHERE i.id = status.instance_id $$;
 
 CREATE FUNCTION df.result(instance_id text)
 RETURNS text
@@ -165,7 +165,7 @@ AS $$
     SELECT n.result::text
       FROM df.instances i
       JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
-     WHERE i.id = instance_id AND n.status = 'completed'
+     WHERE i.id = result.instance_id AND n.status = 'completed'
 $$;
 
 -- Marks a non-future helper for the DSL's guard (spec §1.3).
