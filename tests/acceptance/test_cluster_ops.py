@@ -247,3 +247,28 @@ def test_init_is_idempotent_and_dsn_prints(pg_server: Any, tmp_path: Path) -> No
     finally:
         with pg_server.admin() as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_retention_purges_terminal_instances(
+    start_cluster: Callable[..., Cluster], make_role: RoleFactory
+) -> None:
+    start_cluster(workers=1, args=("--reconcile-interval", "1", "--retention-days", "0"))
+    role = make_role("retain")
+    with psycopg.connect(make_role.dsn(role), autocommit=True) as conn:
+        done = conn.execute("SELECT df.start('SELECT 1')").fetchone()
+        waiting = conn.execute("SELECT df.start(df.wait_for_signal('never'))").fetchone()
+        assert done is not None
+        assert waiting is not None
+        assert conn.execute("SELECT df.await_instance(%s)", (done[0],)).fetchone() == ("completed",)
+        wait_for(
+            lambda: (
+                conn.execute("SELECT count(*) FROM df.instances WHERE id = %s", (done[0],)).fetchone() == (0,)
+            ),
+            30,
+            message="the terminal instance to be purged",
+        )
+        assert conn.execute(
+            "SELECT count(*) FROM df.nodes WHERE instance_id = %s", (done[0],)
+        ).fetchone() == (0,)
+        # Running instances are never touched.
+        assert conn.execute("SELECT df.status(%s)", (waiting[0],)).fetchone() == ("running",)

@@ -62,3 +62,10 @@ def test_markdown_reference_lists_every_option() -> None:
 
 def test_sql_settings() -> None:
     assert Settings(enable_superuser_instances=True).sql_settings()["enable_superuser_instances"] == "on"
+
+
+def test_every_setting_has_an_option_and_back() -> None:
+    from dataclasses import fields
+
+    names = {f.name for f in fields(Settings)} - {"extra"}
+    assert names == {option.name for option in config.OPTIONS}
