@@ -213,6 +213,46 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0.05,
     ),
     Option(
+        "http_allow_hosts",
+        str,
+        "",
+        "Comma-separated host patterns HTTP steps may reach (fnmatch style, e.g. "
+        "'api.example.com,*.internal.example'); empty: any public host.",
+        RUN,
+    ),
+    Option(
+        "http_allow_private",
+        bool,
+        False,
+        "Let HTTP steps reach loopback, private, link-local and metadata addresses "
+        "(tests and trusted networks only).",
+        RUN,
+    ),
+    Option(
+        "http_max_request_bytes",
+        int,
+        10 * 1024 * 1024,
+        "Largest HTTP step request body, in bytes.",
+        RUN,
+        minimum=0,
+    ),
+    Option(
+        "http_max_response_bytes",
+        int,
+        10 * 1024 * 1024,
+        "Largest HTTP step response body, in bytes; larger responses fail the step.",
+        RUN,
+        minimum=0,
+    ),
+    Option(
+        "http_timeout_ceiling",
+        float,
+        300.0,
+        "Upper bound on an HTTP step's timeout_seconds.",
+        RUN,
+        minimum=1,
+    ),
+    Option(
         "plugins_dir",
         Path,
         None,
