@@ -51,6 +51,7 @@ LOOP_CAP = (
     "Loop exceeded maximum iteration count of 100000. "
     "Use df.break() to exit the loop or restructure the workflow."
 )
+LOOP_LOST_RACE = "Loop branch cancelled after losing RACE"
 EXTERNAL_TYPES = frozenset({"SQL", "HTTP", "HTTP_MULTIPART", "STEP"})
 
 
@@ -334,6 +335,20 @@ class _Walk:
         result: Result = method(node, scope, env, attempt, iteration)
         return self._finish(node, scope, result)
 
+    def _mark(self) -> tuple[int, int, frozenset[int]]:
+        return len(self.out.steps), len(self.out.records), frozenset(self.claimed_signals)
+
+    def _undo(self, mark: tuple[int, int, frozenset[int]]) -> None:
+        """Forget the steps, records and signal claims of subtrees that just lost a decision.
+
+        A RACE loser or a timed-out child must not start a step, arm a timer or
+        consume a signal in the very evaluation that decides against it.
+        """
+        steps, records, claimed = mark
+        del self.out.steps[steps:]
+        del self.out.records[records:]
+        self.claimed_signals = set(claimed)
+
     # leaves -------------------------------------------------------------------------
 
     def _external(self, node: Node, scope: str, env: Env, attempt: int, iteration: int) -> Result:
@@ -478,12 +493,17 @@ class _Walk:
         sides = {"left": node.left, "right": node.right}
         if record is not None:
             side = str(record.value["winner"])
+            loser = sides["right" if side == "left" else "left"]
+            if loser.type == "LOOP":
+                self.out.stamps[loser.id] = Stamp("failed", LOOP_LOST_RACE, f"{scope}::{loser.id}::1")
             return self._race_result(side, self._branch(sides[side], scope, env, attempt, iteration), env)
+        mark = self._mark()
         left = self._branch(node.left, scope, env, attempt, iteration)
         right = self._branch(node.right, scope, env, attempt, iteration)
         if left is PENDING and right is PENDING:
             return PENDING
         winner = "left" if left is not PENDING else "right"
+        self._undo(mark)
         self.out.records.append(NewRecord(key, Record("race", True, {"winner": winner})))
         return PENDING
 
@@ -573,6 +593,7 @@ class _Walk:
             return due
         if due is None:
             return PENDING
+        mark = self._mark()
         result = self.visit(node.left, scope, env, attempt, iteration)
         if decided is not None:
             return result
@@ -580,6 +601,7 @@ class _Walk:
             self.out.records.append(NewRecord(decision_key, Record("decision", True, {"timed_out": False})))
             return PENDING
         if self.now >= due:
+            self._undo(mark)
             self.out.records.append(NewRecord(decision_key, Record("decision", True, {"timed_out": True})))
             return PENDING
         self.out.wake(due)

@@ -12,6 +12,7 @@ PARTITION_NS = 0x44430001  # held (session) by the worker owning the partition
 FENCE_NS = 0x44430002  # shared by checkpoints, exclusive while a claim bumps the epoch
 MEMBER_NS = 0x44430003  # held (session) by every live worker: membership
 MIGRATE_NS = 0x44430004  # held by the one schema migration runner
+RECONCILE_NS = 0x44430005  # held (transaction) by the one reconciler at work
 NEW_START_NS = 0x50474446  # "PGDF": pg_durable's launch slots for transaction_mode 'new'
 
 MIGRATION_LOCK = (MIGRATE_NS, 0)

@@ -42,7 +42,7 @@ def test_lock_namespaces_match_the_sql() -> None:
     assert str(keys.FENCE_NS) in sql_text
     assert str(keys.FENCE_NS) in migrations
     literals = {int(n) for n in re.findall(r"\b(114524160\d)\b", sql_text + migrations)}
-    assert literals <= {keys.PARTITION_NS, keys.FENCE_NS, keys.MEMBER_NS, keys.MIGRATE_NS}
+    assert literals <= {keys.PARTITION_NS, keys.FENCE_NS, keys.MEMBER_NS, keys.MIGRATE_NS, keys.RECONCILE_NS}
 
 
 @pytest.mark.parametrize("instance_id", ["00000000", "ffffffff", "0792a12a", "3f2a9c01"])
