@@ -130,6 +130,15 @@ OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     Option(
+        "step_statement_timeout",
+        float,
+        3600.0,
+        "statement_timeout (seconds) of every SQL step's connection; 0 disables it. A step may "
+        "still SET its own.",
+        RUN,
+        minimum=0,
+    ),
+    Option(
         "max_user_connections",
         int,
         10,
@@ -282,6 +291,7 @@ class Settings:
     pin: bool = True
     graceful_timeout: float = 30.0
     heartbeat_timeout: float = 30.0
+    step_statement_timeout: float = 3600.0
     max_user_connections: int = 10
     execution_acquire_timeout: float = 30.0
     enable_superuser_instances: bool = False

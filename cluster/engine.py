@@ -106,6 +106,7 @@ class Engine:
             slots=share,
             acquire_timeout=settings.execution_acquire_timeout,
             max_user_connections=settings.max_user_connections,
+            statement_timeout=settings.step_statement_timeout or None,
         )
         self.pool = AsyncConnectionPool(
             dsn,

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS = (
     "durable_cluster.plugins.sql",
+    "durable_cluster.plugins.http",
     "durable_cluster.plugins.core",
 )
 ENTRY_POINT_GROUP = "durable_cluster"
