@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from . import config, db, embedded, schema
+from . import config, db, embedded, preflight, schema
 from .config import Settings
 from .errors import DurableClusterError
 from .version import __version__
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
     logging.getLogger("psycopg").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO (credentials included); steps log their own audit line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -127,6 +130,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         _, version = install(dsn, settings)
         if server is not None:
             ensure_app_role(dsn)
+        run_preflight(dsn, settings)
     except BaseException:
         if server is not None:
             server.stop()
@@ -211,6 +215,14 @@ def install(dsn: str, settings: Settings) -> tuple[int, int]:
     for name in applied:
         logger.info("applied migration %s", name, extra={"action": "migration_applied"})
     return before, after
+
+
+def run_preflight(dsn: str, settings: Settings) -> None:
+    """Refuse to start on a standby, behind a transaction pooler or without enough connections."""
+    report = preflight.check(dsn, settings)
+    for warning in report.warnings:
+        logger.warning("%s", warning, extra={"action": "preflight_warning"})
+    report.raise_for_problems()
 
 
 def ensure_app_role(dsn: str) -> None:
