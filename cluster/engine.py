@@ -33,6 +33,7 @@ from .context import StepContext, step_logger
 from .errors import (
     AlreadyRecorded,
     InstanceTerminal,
+    RetryStep,
     StaleEpoch,
     StepFailed,
     TransientStepError,
@@ -69,7 +70,8 @@ class Instance:
     status: str
     # step key -> the task running it, or a future until its checkpoint commits
     in_flight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
-    stamped: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # node -> (status, scope, attempt) last written to df.nodes
+    stamped: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     seen_signal: int = 0
     writing: bool = False
     dirty: bool = False
@@ -145,9 +147,9 @@ class Engine:
         signals: dict[str, list[graph.Signal]] = {}
         for sid, iid, name, data in signal_rows:
             signals.setdefault(iid, []).append(graph.Signal(int(sid), name, data))
-        stamps: dict[str, dict[str, tuple[str, str]]] = {}
-        for iid, nid, status, scope in stamp_rows:
-            stamps.setdefault(iid, {})[nid] = (status, scope or "")
+        stamps: dict[str, dict[str, tuple[str, str, int]]] = {}
+        for iid, nid, status, scope, attempt in stamp_rows:
+            stamps.setdefault(iid, {})[nid] = (status, scope or "", int(attempt or 0))
         loaded = 0
         for row in runs:
             (
@@ -272,12 +274,18 @@ class Engine:
 
     def _stamp(self, inst: Instance, stamps: dict[str, graph.Stamp]) -> None:
         for node_id, stamp in stamps.items():
-            current = (stamp.status, stamp.scope)
+            current = (stamp.status, stamp.scope, _attempt(stamp.details))
             if inst.stamped.get(node_id) == current:
                 continue
             inst.stamped[node_id] = current
             self.batcher.stamp(
-                inst.partition, inst.id, node_id, status=stamp.status, result=stamp.result, scope=stamp.scope
+                inst.partition,
+                inst.id,
+                node_id,
+                status=stamp.status,
+                result=stamp.result,
+                scope=stamp.scope,
+                details=stamp.details,
             )
 
     def _local_timer(self, inst: Instance, at: float) -> None:
@@ -494,19 +502,23 @@ class Engine:
             inst.in_flight.pop(key, None)
             await self._reload_record(inst, key)
             return
-        except TransientStepError as exc:
+        except (TransientStepError, RetryStep) as exc:
+            # A failure outside the step, or the handler's own RetryStep: run it again in
+            # this worker, bounded, with backoff. Longer policies: wrap the step in df.retry.
             count = inst.transient.get(key, 0) + 1
             inst.transient[key] = count
+            asked = isinstance(exc, RetryStep)
             if count < MAX_TRANSIENT_FAILURES:
                 logger.warning(
-                    "step %s of %s: %s (attempt %d of %d, retrying)",
+                    "step %s of %s: %s (attempt %d of %d, %s)",
                     key,
                     inst.id,
                     exc,
                     count,
                     MAX_TRANSIENT_FAILURES,
+                    "the step asked to be retried" if asked else "retrying",
                     extra={
-                        "action": "step_transient_failure",
+                        "action": "step_retry_requested" if asked else "step_transient_failure",
                         "instance_id": inst.id,
                         "step_key": key,
                     },
@@ -514,7 +526,13 @@ class Engine:
                 inst.in_flight.pop(key, None)
                 self._local_timer(inst, self.clock() + min(0.2 * 2**count, 5.0))
                 return
-            record = graph.Record("step", False, str(exc), ctx.guarantee)
+            message = str(exc)
+            if asked:
+                message = (
+                    f"{message} (step '{ctx.kind}' asked to be retried {count} times; "
+                    "wrap it in df.retry for a longer retry policy)"
+                )
+            record = graph.Record("step", False, message, ctx.guarantee)
         except Exception as exc:
             logger.exception(
                 "step %s of %s raised",
@@ -580,7 +598,7 @@ class Engine:
                 scope=scope,
                 details=stamp_details,
             )
-            inst.stamped[node_id] = ("completed" if record.ok else "failed", scope)
+            inst.stamped[node_id] = ("completed" if record.ok else "failed", scope, 0)
         self.advance(inst)
 
     async def _reload_record(self, inst: Instance, key: str) -> None:
@@ -639,6 +657,10 @@ class Engine:
                 )
             ).fetchone()
         return bool(row and row[0])
+
+
+def _attempt(details: dict[str, Any] | None) -> int:
+    return int(details.get("attempt", 0)) if details else 0
 
 
 def key_message(ctx: StepContext) -> str:

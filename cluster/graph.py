@@ -212,6 +212,8 @@ class Stamp:
     status: str  # running, completed, failed
     result: JSON
     scope: str
+    #: extra facts for df.nodes.status_details (a RETRY node's attempts and their errors)
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,22 +310,24 @@ class _Walk:
         self.cron = cron
         self.out = Evaluation()
         self.claimed_signals: set[int] = set()
+        self.details: dict[str, dict[str, Any]] = {}
 
     # stamps -----------------------------------------------------------------------
 
     def _finish(self, node: Node, scope: str, result: Result) -> Result:
+        details = self.details.pop(node.id, None)
         if isinstance(result, Done):
-            self.out.stamps[node.id] = Stamp("completed", result.value, scope)
+            self.out.stamps[node.id] = Stamp("completed", result.value, scope, details)
             if node.result_name:
                 env = dict(result.env)
                 env[node.result_name] = result.value
                 return Done(result.value, env)
         elif isinstance(result, Failed):
-            self.out.stamps[node.id] = Stamp("failed", result.error, scope)
+            self.out.stamps[node.id] = Stamp("failed", result.error, scope, details)
         elif isinstance(result, Broke):
-            self.out.stamps[node.id] = Stamp("completed", result.value, scope)
+            self.out.stamps[node.id] = Stamp("completed", result.value, scope, details)
         else:
-            self.out.stamps[node.id] = Stamp("running", None, scope)
+            self.out.stamps[node.id] = Stamp("running", None, scope, details)
         return result
 
     # dispatch ---------------------------------------------------------------------
@@ -566,10 +570,16 @@ class _Walk:
         if latest is not None and self.now < float(latest[1].value["at"]):
             self.out.wake(float(latest[1].value["at"]))
             return PENDING
+        max_attempts = int(node.config.get("max_attempts", 1))
+        errors = []
+        for earlier in range(2, number + 1):
+            gate = self.journal.get(f"{base}::{earlier}/!gate")
+            if gate is not None:
+                errors.append({"attempt": earlier - 1, "error": gate.value.get("error")})
+        self.details[node.id] = {"attempt": number, "max_attempts": max_attempts, "errors": errors}
         result = self.visit(node.left, f"{base}::{number}", env, number, iteration)
         if not isinstance(result, Failed):
             return result
-        max_attempts = int(node.config.get("max_attempts", 1))
         if number >= max_attempts:
             if max_attempts == 1:
                 return result
@@ -587,7 +597,7 @@ class _Walk:
         decision_key = f"{scope}/{node.id}!decision"
         decided = self.journal.get(decision_key)
         if decided is not None and decided.value.get("timed_out"):
-            return Failed(f"df.timeout: did not finish within {seconds:g} seconds")
+            return Failed(f"df.timeout: did not finish within {seconds:g}s")
         due = self._timer(f"{scope}/{node.id}!timer", lambda: self.now + seconds)
         if isinstance(due, Failed):
             return due

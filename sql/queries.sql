@@ -113,7 +113,8 @@ SELECT s.id, s.instance_id, s.name, s.data
  ORDER BY s.id
 
 -- name: load_stamps
-SELECT n.instance_id, n.id, n.status, n.status_details ->> 'execution_id' AS scope
+SELECT n.instance_id, n.id, n.status, n.status_details ->> 'execution_id' AS scope,
+       (n.status_details ->> 'attempt')::int AS attempt
   FROM df.nodes n
  WHERE n.instance_id = ANY(%(ids)s) AND n.status <> 'pending'
 

@@ -1510,7 +1510,17 @@ def test_retry_succeeds_on_a_later_attempt_with_backoff() -> None:
         ),
     ]
     assert d.waited == [T0 + 2, T0 + 6]
-    assert d.stamps["R"] == Stamp("completed", rows(3), ROOT)
+    # The RETRY node's stamp reports the attempt that succeeded and each earlier error.
+    assert d.stamps["R"] == Stamp(
+        "completed",
+        rows(3),
+        ROOT,
+        {
+            "attempt": 3,
+            "max_attempts": 5,
+            "errors": [{"attempt": 1, "error": "boom1"}, {"attempt": 2, "error": "boom2"}],
+        },
+    )
     assert d.stamps["f"] == Stamp("completed", rows(3), f"{ROOT}::R::3")
 
 
@@ -1534,7 +1544,16 @@ def test_retry_gives_up_after_max_attempts() -> None:
     d = Driver(g.rows, root, results={"flaky": flaky(99)})
     assert failed(d) == "failed after 3 attempts: boom3"
     assert d.waited == [T0 + 1, T0 + 3]
-    assert d.stamps["R"] == Stamp("failed", "failed after 3 attempts: boom3", ROOT)
+    assert d.stamps["R"] == Stamp(
+        "failed",
+        "failed after 3 attempts: boom3",
+        ROOT,
+        {
+            "attempt": 3,
+            "max_attempts": 3,
+            "errors": [{"attempt": 1, "error": "boom1"}, {"attempt": 2, "error": "boom2"}],
+        },
+    )
 
 
 def test_retry_with_one_attempt_keeps_the_error() -> None:
@@ -1586,10 +1605,10 @@ def test_timeout_wins_and_the_child_is_cancelled() -> None:
     assert decide.steps == []
     assert d.cancelled == []  # still wanted until the decision is durable
     after = d.round()
-    assert after.outcome == Outcome(False, "df.timeout: did not finish within 5 seconds")
+    assert after.outcome == Outcome(False, "df.timeout: did not finish within 5s")
     assert after.wanted == set()
     assert d.cancelled == [f"{ROOT}/c"]
-    assert d.stamps["T"] == Stamp("failed", "df.timeout: did not finish within 5 seconds", ROOT)
+    assert d.stamps["T"] == Stamp("failed", "df.timeout: did not finish within 5s", ROOT)
 
 
 def test_timeout_child_finishing_first_records_a_decision() -> None:
@@ -1617,7 +1636,7 @@ def test_timeout_decision_starts_nothing_for_the_child() -> None:
     decide = d.round()
     assert decide.steps == []
     assert [n.key for n in decide.records] == [f"{ROOT}/T!decision"]
-    assert failed(d) == "df.timeout: did not finish within 5 seconds"
+    assert failed(d) == "df.timeout: did not finish within 5s"
     assert d.queries() == ["a"]
     assert d.run.signals == [Signal(1, "go", None)]
 
@@ -1626,7 +1645,7 @@ def test_timeout_message_keeps_fractions() -> None:
     g = G()
     root = g.timeout(g.sleep(10), 2.5)
     d = Driver(g.rows, root)
-    assert failed(d) == "df.timeout: did not finish within 2.5 seconds"
+    assert failed(d) == "df.timeout: did not finish within 2.5s"
     assert d.now == T0 + 2.5
 
 
