@@ -140,11 +140,6 @@ class Batcher:
         self._batch.running[instance_id] = partition
         self._kick()
 
-    def loaded(self, partition: int, instance_id: str) -> None:
-        """The instance is in this worker's memory: due for nobody until released."""
-        self._batch.wakes[instance_id] = (partition, "infinity", 0)
-        self._kick()
-
     def wake(self, partition: int, instance_id: str, at: float | None, seen_signal: int) -> None:
         """Park the instance until ``at`` (``None``: until a signal or a cancel arrives)."""
         when = datetime.fromtimestamp(at, UTC).isoformat() if at is not None else ""
@@ -323,6 +318,9 @@ class Batcher:
             )
         if batch.running:
             await conn.execute(queries.get("mark_running"), {"ids": list(batch.running)})
+        progressed = {iid for _, iid, _ in batch.records} | {iid for iid, _ in batch.stamps}
+        if progressed:
+            await conn.execute(queries.get("made_progress"), {"ids": sorted(progressed)})
         if batch.wakes:
             wakes = list(batch.wakes.items())
             await conn.execute(

@@ -214,6 +214,16 @@ OPTIONS: tuple[Option, ...] = (
         maximum=3600,
     ),
     Option(
+        "poison_threshold",
+        int,
+        3,
+        "Fail an instance that was in flight in this many consecutive worker crashes without "
+        "progress, instead of letting it crash-loop the cluster.",
+        RUN,
+        minimum=1,
+        maximum=1000,
+    ),
+    Option(
         "poll_interval",
         float,
         5.0,
@@ -269,6 +279,16 @@ OPTIONS: tuple[Option, ...] = (
         (*RUN, "plugins"),
     ),
     Option(
+        "reload",
+        bool,
+        False,
+        "Development: watch the --plugins-dir files (and sql/ and plugins/ in a source checkout) "
+        "and, on each valid save, replace every worker one at a time (in-flight steps finish and "
+        "checkpoint). Works with any --workers. A plugin that fails to import keeps the running "
+        "workers until the next save.",
+        ("start",),
+    ),
+    Option(
         "log_level",
         str,
         "info",
@@ -300,6 +320,7 @@ class Settings:
     reconcile_interval: int = 3600
     max_new_transaction_starts: int = 2
     new_transaction_start_timeout: int = 5
+    poison_threshold: int = 3
     poll_interval: float = 5.0
     http_allow_hosts: str = ""
     http_allow_private: bool = False
@@ -307,6 +328,7 @@ class Settings:
     http_max_response_bytes: int = 10 * 1024 * 1024
     http_timeout_ceiling: float = 300.0
     plugins_dir: Path | None = None
+    reload: bool = False
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 

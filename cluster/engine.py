@@ -89,6 +89,7 @@ class Engine:
         plugins: Plugins,
         batcher: Batcher,
         claims: Callable[[int], Claim | None],
+        owned: Callable[[], list[int]],
         worker: Any,
         clock: Callable[[], float] = clock_now,
     ) -> None:
@@ -97,6 +98,7 @@ class Engine:
         self.plugins = plugins
         self.batcher = batcher
         self.claims = claims
+        self.owned = owned
         self.worker = worker
         self.clock = clock
         self.active: dict[str, Instance] = {}
@@ -136,8 +138,25 @@ class Engine:
         ids = [i for i in ids if i not in self.active]
         if not ids:
             return 0
+        claims = [c for c in (self.claims(p) for p in self.owned()) if c is not None]
+        if not claims:
+            return 0
         async with self.pool.connection() as conn:
-            runs = await (await conn.execute(queries.get("load_runs"), {"ids": ids})).fetchall()
+            async with conn.transaction():
+                cur = await conn.execute(
+                    queries.get("fence_check"),
+                    {
+                        "partitions": [c.partition for c in claims],
+                        "epochs": [c.epoch for c in claims],
+                        "secrets": [c.secret for c in claims],
+                    },
+                )
+                row = await cur.fetchone()
+                stale = set(row[0]) if row and row[0] else set()
+                current = [c.partition for c in claims if c.partition not in stale]
+                runs = await (
+                    await conn.execute(queries.get("load_runs"), {"ids": ids, "partitions": current})
+                ).fetchall()
             journal_rows = await (await conn.execute(queries.get("load_journal"), {"ids": ids})).fetchall()
             signal_rows = await (await conn.execute(queries.get("load_signals"), {"ids": ids})).fetchall()
             stamp_rows = await (await conn.execute(queries.get("load_stamps"), {"ids": ids})).fetchall()
@@ -164,7 +183,7 @@ class Engine:
                 root_node,
                 frozen,
                 variables,
-                _crashes,
+                crashes,
                 status,
             ) = row
             if iid in self.active or self.claims(partition) is None:
@@ -174,7 +193,15 @@ class Engine:
                 continue
             problem = None
             root: graph.Node | None = None
-            if rolname is None:
+            if crashes >= self.settings.poison_threshold:
+                running = sorted(n for n, st in stamps.get(iid, {}).items() if st[0] == "running")
+                problem = (
+                    f"instance {iid} was in memory in {crashes} consecutive worker crashes without making "
+                    f"progress; failed as a poison instance instead of crashing more workers "
+                    f"(--poison-threshold {self.settings.poison_threshold}); steps running then: "
+                    f"{', '.join(running) or 'none'}"
+                )
+            elif rolname is None:
                 problem = f"Instance {iid}: submitted_by role no longer exists in pg_roles"
             elif rolsuper and not self.settings.enable_superuser_instances:
                 problem = (
@@ -200,7 +227,6 @@ class Engine:
             inst = Instance(iid, partition, run, rolname, database, status, stamped=stamps.get(iid, {}))
             inst.seen_signal = max((s.id for s in run.signals), default=0)
             self.active[iid] = inst
-            self.batcher.loaded(partition, iid)
             if status == "pending":
                 self.batcher.running(partition, iid)
                 inst.status = "running"
@@ -405,10 +431,11 @@ class Engine:
             self._close(inst)
 
     async def drain_partition(self, partition: int, timeout: float) -> None:
-        """Let in-flight steps of ``partition`` finish and checkpoint, then forget its instances."""
+        """Let in-flight steps of ``partition`` finish and checkpoint, then hand its instances back."""
         self.draining.add(partition)
         try:
             await self._wait_in_flight(lambda i: i.partition == partition, timeout)
+            self._hand_back(lambda i: i.partition == partition)
             await self.batcher.drain()
             self.drop_partition(partition)
         finally:
@@ -417,7 +444,15 @@ class Engine:
     async def drain_all(self, timeout: float) -> None:
         self.stopping = True
         await self._wait_in_flight(lambda i: True, timeout)
+        self._hand_back(lambda i: True)
         await self.batcher.drain()
+
+    def _hand_back(self, which: Callable[[Instance], bool]) -> None:
+        """Park the instances in memory as due now: the next owner picks them up at once,
+        and does not count a crash against them (they were not in memory when a worker died)."""
+        now = self.clock()
+        for inst in [i for i in self.active.values() if which(i) and not i.closed]:
+            self.batcher.wake(inst.partition, inst.id, now, inst.seen_signal)
 
     async def _wait_in_flight(self, which: Callable[[Instance], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

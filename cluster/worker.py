@@ -112,6 +112,7 @@ class Worker:
             plugins=self.plugins,
             batcher=batcher,
             claims=partitions.claim,
+            owned=partitions.owned,
             worker=self,
         )
         await engine.pool.open(wait=False)

@@ -39,9 +39,13 @@ RETURNING epoch
 
 -- name: wake_recovered
 -- Inside the claim transaction: instances the previous owner held in memory,
--- and any with an unconsumed signal, are due now.
+-- and any with an unconsumed signal, are due now. Those still held in memory
+-- ('infinity') were there when their worker died: count the crash (a worker
+-- that stops gracefully parks them first), so a step that keeps killing its
+-- worker is found out (--poison-threshold).
 UPDATE durable.runs r
-   SET wake_at = pg_catalog.now()
+   SET wake_at = pg_catalog.now(),
+       crashes = r.crashes + CASE WHEN r.wake_at = 'infinity' THEN 1 ELSE 0 END
  WHERE r.partition = %(partition)s
    AND (r.wake_at = 'infinity'
         OR EXISTS (SELECT 1 FROM durable.signals s WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL))
@@ -94,12 +98,18 @@ UPDATE durable.runs r
                     AND i.status IN ('completed', 'failed', 'cancelled')))
 
 -- name: load_runs
-SELECT r.instance_id, r.partition, r.submitted_by::bigint AS role_oid, a.rolname, a.rolsuper, a.rolcanlogin,
-       r.database, r.label, r.root_node, r.graph, r.vars, r.crashes, i.status
-  FROM durable.runs r
-  LEFT JOIN pg_catalog.pg_roles a ON a.oid = r.submitted_by
-  LEFT JOIN df.instances i ON i.id = r.instance_id
- WHERE r.instance_id = ANY(%(ids)s)
+-- Take these instances into the worker's memory ('infinity': due for nobody
+-- else) and read what running them needs. Run after fence_check in the same
+-- transaction, with the partitions found current.
+UPDATE durable.runs r
+   SET wake_at = 'infinity'
+ WHERE r.instance_id = ANY(%(ids)s) AND r.partition = ANY(%(partitions)s)
+RETURNING r.instance_id, r.partition, r.submitted_by::bigint AS role_oid,
+          (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r.submitted_by) AS rolname,
+          (SELECT a.rolsuper FROM pg_catalog.pg_roles a WHERE a.oid = r.submitted_by) AS rolsuper,
+          (SELECT a.rolcanlogin FROM pg_catalog.pg_roles a WHERE a.oid = r.submitted_by) AS rolcanlogin,
+          r.database, r.label, r.root_node, r.graph, r.vars, r.crashes,
+          (SELECT i.status FROM df.instances i WHERE i.id = r.instance_id) AS status
 
 -- name: load_journal
 SELECT j.instance_id, j.step_key, j.kind, j.ok, j.value, j.guarantee
@@ -156,12 +166,13 @@ UPDATE df.nodes n
                          %(scopes)s::text[], %(details)s::jsonb[]) AS u(iid, nid, status, result, scope, details)
  WHERE n.instance_id = u.iid AND n.id = u.nid
 
+-- name: made_progress
+-- These instances wrote a checkpoint: they are not the ones killing workers.
+UPDATE durable.runs SET crashes = 0 WHERE instance_id = ANY(%(ids)s) AND crashes > 0
+
 -- name: mark_running
 UPDATE df.instances SET status = 'running', updated_at = pg_catalog.now()
  WHERE id = ANY(%(ids)s) AND status = 'pending'
-
--- name: mark_loaded
-UPDATE durable.runs SET wake_at = 'infinity' WHERE instance_id = ANY(%(ids)s)
 
 -- name: set_wake
 -- Park instances until their next timer (NULL: until a signal). A signal or a

@@ -209,20 +209,40 @@ def test_helpers_refuse_to_run_inside_a_workflow(user: User) -> None:
 
 
 def test_schedules_use_the_worker_clock(
-    start_cluster: Callable[..., Cluster], make_role: RoleFactory, tmp_path: Path
+    start_cluster: Callable[..., Cluster],
+    make_role: RoleFactory,
+    tmp_path: Path,
+    conn: psycopg.Connection[Any],
 ) -> None:
     clock = tmp_path / "clock"
-    now = time.time()
-    clock.write_text(str(60 - (now % 60) - 1.5))  # 1.5 s before the next minute, on the worker's clock
+    clock.write_text("0")
     start_cluster(workers=1, env={"DURABLE_CLOCK_FILE": str(clock)})
     user = User(make_role)
+
+    def timer_due(instance: str) -> float:
+        row = wait_for(
+            lambda: conn.execute(
+                "SELECT (value->>'due')::float8 FROM durable.journal"
+                " WHERE instance_id = %s AND kind = 'timer'",
+                (instance,),
+            ).fetchone(),
+            30,
+            message="the timer to be armed",
+        )
+        return float(row[0])
+
     try:
-        status, result = user.run("df.wait_for_schedule('* * * * *')", timeout=30)
-        assert (status, result) == ("completed", {"scheduled": True})
+        # The next tick is computed when the node runs, on the worker's clock: a whole minute.
+        scheduled = user.start("df.wait_for_schedule('* * * * *')")
+        due = timer_due(scheduled)
+        assert due % 60 == 0
+        clock.write_text(str(due - time.time() + 0.1))  # move the worker's clock to the tick
+        assert user.await_(scheduled, 30) == "completed"
+        assert user.result(scheduled) == {"scheduled": True}
         # A long sleep passes when the clock moves on.
         instance = user.start("df.sleep(3600) ~> 'SELECT 1'")
-        wait_for(lambda: user.status(instance) == "running", 30, message="running")
-        clock.write_text(str(float(clock.read_text()) + 3600))
+        due = timer_due(instance)
+        clock.write_text(str(due - time.time() + 0.1))
         assert user.await_(instance, 30) == "completed"
     finally:
         user.conn.close()

@@ -111,3 +111,42 @@ def test_custom_steps_are_at_least_once_and_never_rerun_after_their_checkpoint(
     assert all(set(c.values()) == {1} for c in by_point["before_step"]), by_point
     # Killed after the step's effect but before its checkpoint committed: it runs again.
     assert any(2 in c.values() for c in by_point["before_checkpoint_commit"]), by_point
+
+
+POISON = """
+import os, signal
+from durable_cluster import hookimpl
+
+def die(ctx):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@hookimpl
+def durable_register_steps(registry):
+    registry.add("die", die)
+"""
+
+
+def test_a_step_that_kills_its_worker_fails_its_instance(
+    start_cluster: Any, make_role: RoleFactory, tmp_path: Path
+) -> None:
+    plugins = tmp_path / "poison"
+    plugins.mkdir()
+    (plugins / "die.py").write_text(POISON)
+    cluster = start_cluster(workers=1, args=("--plugins-dir", str(plugins), "--poison-threshold", "3"))
+    role = make_role("poison")
+    with psycopg.connect(make_role.dsn(role), autocommit=True) as conn:
+        healthy = conn.execute("SELECT df.start(df.sleep(1) ~> 'SELECT 1')").fetchone()
+        poison = conn.execute("SELECT df.start('SELECT 1' ~> df.step('die'))").fetchone()
+        assert healthy is not None
+        assert poison is not None
+        assert conn.execute("SELECT df.await_instance(%s, 120)", (poison[0],)).fetchone() == ("failed",)
+        error = conn.execute(
+            "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.root_node = n.id"
+            " AND i.id = n.instance_id WHERE i.id = %s",
+            (poison[0],),
+        ).fetchone()
+        assert error is not None
+        assert "in 3 consecutive worker crashes without making progress" in error[0]
+        assert conn.execute("SELECT df.await_instance(%s, 60)", (healthy[0],)).fetchone() == ("completed",)
+    assert cluster.log().count("was killed by SIGKILL") == 3
+    cluster.check_alive()
