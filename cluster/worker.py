@@ -92,13 +92,24 @@ class Worker:
         loop.add_signal_handler(signal.SIGQUIT, self._quit)
         writer_stop = asyncio.Event()
         exited = asyncio.Event()
+        # Heartbeat from the start: a worker waiting for the database is alive, not stuck.
+        heartbeat_task = loop.create_task(self._heartbeat(exited, stop), name="heartbeat")
+        try:
+            total = await self._partition_count(stop)
+        except psycopg.OperationalError:
+            if not stop.is_set():
+                raise
+        if stop.is_set():
+            exited.set()
+            await heartbeat_task
+            return 0
         partitions = self.partitions = PartitionManager(
             self.dsn,
             worker_id=self.worker_id,
             cluster_id=self.spec.cluster_id,
             slot=self.slot,
             cpu=self.spec.cpu,
-            total=await self._partition_count(stop),
+            total=total,
             local_workers=self.settings.worker_count,
             on_claimed=self._claimed,
             on_release=self._release,
@@ -128,7 +139,7 @@ class Worker:
             loop.create_task(batcher.run(writer_stop), name="batcher"),
             loop.create_task(partitions.run(stop), name="partitions"),
             loop.create_task(self._schedule(stop), name="scheduler"),
-            loop.create_task(self._heartbeat(exited, stop), name="heartbeat"),
+            heartbeat_task,
             loop.create_task(self._reconcile(stop), name="reconciler"),
         ]
         batcher_task, partitions_task, scheduler_task, heartbeat_task, reconcile_task = tasks
@@ -341,7 +352,6 @@ class Worker:
 
     async def _heartbeat(self, exited: asyncio.Event, stop: asyncio.Event) -> None:
         """Tell the coordinator we live (until the very end); stop if it died."""
-        assert self.engine is not None
         last_idle_sweep = time.monotonic()
         while not exited.is_set():
             self.spec.heartbeat.notify()
@@ -352,7 +362,7 @@ class Worker:
                     extra={"action": "worker_orphaned"},
                 )
                 stop.set()
-            if time.monotonic() - last_idle_sweep > 30 and not stop.is_set():
+            if self.engine is not None and time.monotonic() - last_idle_sweep > 30 and not stop.is_set():
                 last_idle_sweep = time.monotonic()
                 await self.engine.roles.close_idle()
             with contextlib.suppress(TimeoutError):

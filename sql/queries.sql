@@ -51,8 +51,10 @@ UPDATE durable.runs r
         OR EXISTS (SELECT 1 FROM durable.signals s WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL))
 
 -- name: register_worker
+-- Also after a reconnect: the same worker, maybe under a new membership key.
 INSERT INTO durable.workers (id, member_key, cluster_id, host, pid, slot, cpu)
 VALUES (%(id)s, %(member_key)s, %(cluster_id)s, %(host)s, %(pid)s, %(slot)s, %(cpu)s)
+ON CONFLICT (id) DO UPDATE SET member_key = excluded.member_key, heartbeat_at = pg_catalog.now()
 
 -- name: prune_member
 -- Rows left by dead workers that held the membership key we just took.
