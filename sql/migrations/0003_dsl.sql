@@ -1241,14 +1241,14 @@ AS $$
 $$;
 
 -- partial !> else: complete a ?> expression into an IF.
-CREATE FUNCTION df.if_else_op(partial text, else_branch text)
+CREATE FUNCTION df.if_else_op(partial_if text, else_branch text)
 RETURNS text
 LANGUAGE plpgsql
 STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_partial jsonb := df._try_object(partial);
+    v_partial jsonb := df._try_object(partial_if);
 BEGIN
     IF v_partial IS NULL
        OR (v_partial OPERATOR(pg_catalog.->) '_partial_if') IS DISTINCT FROM 'true'::jsonb

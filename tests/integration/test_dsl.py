@@ -484,7 +484,7 @@ def test_strictness_and_signatures(db: Conn) -> None:
         "timeout(fut text, seconds double precision)": True,
         "as_op(fut text, name text)": True,
         "if_then_op(condition text, then_branch text)": True,
-        "if_else_op(partial text, else_branch text)": True,
+        "if_else_op(partial_if text, else_branch text)": True,
         "loop_prefix_op(body text)": True,
     }
     for signature, strict in expected.items():
