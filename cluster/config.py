@@ -217,8 +217,8 @@ OPTIONS: tuple[Option, ...] = (
         "poison_threshold",
         int,
         3,
-        "Fail an instance that was in flight in this many consecutive worker crashes without "
-        "progress, instead of letting it crash-loop the cluster.",
+        "Fail a step that was running when its worker died this many times in a row, instead of "
+        "letting it crash-loop the cluster.",
         RUN,
         minimum=1,
         maximum=1000,

@@ -78,6 +78,7 @@ class Instance:
     closed: bool = False
     timer: asyncio.TimerHandle | None = None
     transient: dict[str, int] = field(default_factory=dict)
+    suspect: bool = False
 
 
 class Engine:
@@ -193,15 +194,7 @@ class Engine:
                 continue
             problem = None
             root: graph.Node | None = None
-            if crashes >= self.settings.poison_threshold:
-                running = sorted(n for n, st in stamps.get(iid, {}).items() if st[0] == "running")
-                problem = (
-                    f"instance {iid} was in memory in {crashes} consecutive worker crashes without making "
-                    f"progress; failed as a poison instance instead of crashing more workers "
-                    f"(--poison-threshold {self.settings.poison_threshold}); steps running then: "
-                    f"{', '.join(running) or 'none'}"
-                )
-            elif rolname is None:
+            if rolname is None:
                 problem = f"Instance {iid}: submitted_by role no longer exists in pg_roles"
             elif rolsuper and not self.settings.enable_superuser_instances:
                 problem = (
@@ -226,6 +219,9 @@ class Engine:
             )
             inst = Instance(iid, partition, run, rolname, database, status, stamped=stamps.get(iid, {}))
             inst.seen_signal = max((s.id for s in run.signals), default=0)
+            # In memory when a worker died, without progress since: its steps are
+            # marked before they run, so a step that kills its worker is found out.
+            inst.suspect = crashes > 0
             self.active[iid] = inst
             if status == "pending":
                 self.batcher.running(partition, iid)
@@ -503,8 +499,56 @@ class Engine:
             settings=self.settings,
             _services=self,
         )
+        if inst.suspect:
+            self._start_marked(inst, request, ctx)
+            return
         task = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
         inst.in_flight[request.key] = task
+
+    def _start_marked(self, inst: Instance, request: graph.StepRequest, ctx: StepContext) -> None:
+        """Poison detection: record that this step is about to run, run it once that is durable.
+
+        Each run of the step leaves a marker; if the worker dies, the markers stay.
+        A step with ``--poison-threshold`` - 1 markers already was running when its
+        worker died that many times (plus the crash that made the instance suspect):
+        it fails instead of killing another worker.
+        """
+        key = request.key
+        prefix = f"{key}!inflight"
+        runs = sum(1 for k in inst.run.journal.records if k.startswith(prefix))
+        threshold = self.settings.poison_threshold
+        if runs + 1 >= threshold:
+            message = (
+                f"step '{ctx.kind}' (node {request.node.id}) was running when its worker died "
+                f"{runs + 1} times in a row; failed instead of crashing more workers "
+                f"(--poison-threshold {threshold})"
+            )
+            logger.error(
+                "instance %s: %s",
+                inst.id,
+                message,
+                extra={"action": "poison_step", "instance_id": inst.id, "step_key": key},
+            )
+            self._record_step(inst, key, graph.Record("step", False, message, None))
+            return
+        marker = graph.NewRecord(f"{prefix}{runs + 1}", graph.Record("inflight", True, {"run": runs + 1}))
+        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inst.in_flight[key] = pending
+
+        def marked(committed: dict[str, graph.Record] | None) -> None:
+            if not pending.done():
+                pending.set_result(None)
+            if committed is None or inst.closed:
+                inst.in_flight.pop(key, None)
+                if committed is None:
+                    self._close(inst)
+                return
+            for marker_key, record in committed.items():
+                inst.run.journal.add(marker_key, record)
+            task = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
+            inst.in_flight[key] = task
+
+        self.batcher.records(inst.partition, inst.id, [marker], marked)
 
     async def _run_step(self, inst: Instance, request: graph.StepRequest, ctx: StepContext) -> None:
         key = request.key

@@ -146,7 +146,17 @@ def test_a_step_that_kills_its_worker_fails_its_instance(
             (poison[0],),
         ).fetchone()
         assert error is not None
-        assert "in 3 consecutive worker crashes without making progress" in error[0]
+        assert (
+            error[0]
+            == (
+                "step 'die' (node "
+                + conn.execute(
+                    "SELECT id FROM df.nodes WHERE instance_id = %s AND node_type = 'STEP'", (poison[0],)
+                ).fetchone()[0]  # type: ignore[index]
+                + ") was running when its worker died 3 times in a row; failed instead of crashing more"
+                " workers (--poison-threshold 3)"
+            )
+        )
         assert conn.execute("SELECT df.await_instance(%s, 60)", (healthy[0],)).fetchone() == ("completed",)
     assert cluster.log().count("was killed by SIGKILL") == 3
     cluster.check_alive()
