@@ -5,6 +5,7 @@ Commands:
 - ``start``: run the cluster (embedded PostgreSQL 18 unless ``--dsn``);
 - ``init``: install or upgrade the schema;
 - ``dsn``: print the embedded server's connection string;
+- ``plugins``: list the plugins and their step kinds, or ``--check`` that they load;
 - ``settings``: print the settings reference.
 
 Every flag has an environment variable, named in ``--help``.
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -25,7 +28,8 @@ from psycopg import sql
 
 from . import config, db, embedded, preflight, schema
 from .config import Settings
-from .errors import DurableClusterError
+from .errors import ConfigError, DurableClusterError, PluginLoadError, StepKindConflict
+from .process import PLUGIN_LOAD_ERROR, WORKER_BOOT_ERROR
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -95,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dsn.set_defaults(func=cmd_dsn)
 
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the plugins and their step kinds",
+        description="Load the plugins as a worker does (the --plugins-dir files, the durable_cluster "
+        "entry-point group, the built-ins; minus DURABLE_DISABLE_PLUGINS), then list each one: "
+        "where it came from, its version, its step kinds and hooks. A plugin that fails to load "
+        f"prints its traceback and exits {PLUGIN_LOAD_ERROR}.",
+    )
+    config.add_arguments(plugins, "plugins")
+    plugins.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate: import every plugin, register its steps and check hook names "
+        f"(exit 0, or {PLUGIN_LOAD_ERROR} with the traceback)",
+    )
+    plugins.add_argument("--json", action="store_true", help="print the list as JSON")
+    plugins.set_defaults(func=cmd_plugins)
+
     settings = commands.add_parser("settings", help="print the settings reference (markdown)")
     settings.set_defaults(func=cmd_settings)
     return parser
@@ -112,6 +134,7 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    watcher = reload_command(settings) if settings.reload else []
     server: embedded.EmbeddedPostgres | None = None
     if settings.dsn:
         dsn = settings.dsn
@@ -147,7 +170,8 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             f"(schema version {version})\n"
             f'  connect:  psql "{app_dsn}"\n'
             f'  try:      psql "{app_dsn}" -c "{EXAMPLE}"\n'
-            f"  stop:     Ctrl-C (or SIGTERM to pid {os.getpid()})",
+            f"  stop:     Ctrl-C (or SIGTERM to pid {os.getpid()})"
+            + ("\n  reload:   on: saving a plugin replaces the workers" if watcher else ""),
             flush=True,
         )
 
@@ -161,6 +185,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         functools.partial(run_worker, settings=settings, dsn=dsn),
         on_ready=ready,
         on_stopped=stopped,
+        watcher=watcher,
     )
     return coordinator.run()
 
@@ -196,6 +221,48 @@ def cmd_dsn(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace, settings: Settings) -> int:
+    from . import pluginmanager  # noqa: PLC0415 - imports plugin code: this command and workers only
+
+    try:
+        loaded = pluginmanager.build(settings.plugins_dir)
+    except (PluginLoadError, StepKindConflict) as exc:
+        print_failure(exc)
+        return PLUGIN_LOAD_ERROR
+    except Exception as exc:  # a plugin's durable_register_steps raised: a worker would not boot
+        print_failure(exc)
+        return WORKER_BOOT_ERROR
+    infos = loaded.describe()
+
+    def version(info: pluginmanager.PluginInfo) -> str | None:
+        return info.version or (__version__ if info.source == "builtin" else None)
+
+    if args.json:
+        rows = [
+            {
+                "name": info.name,
+                "source": info.source,
+                "version": version(info),
+                "step_kinds": list(info.kinds),
+                "hooks": list(info.hooks),
+            }
+            for info in infos
+        ]
+        print(json.dumps(rows, indent=2))
+    elif args.check:
+        print(f"{len(infos)} plugins loaded; step kinds: {', '.join(loaded.registry.kinds())}")
+    else:
+        table = [("NAME", "VERSION", "STEP KINDS", "SOURCE", "HOOKS")] + [
+            (info.name, version(info) or "-", ", ".join(info.kinds) or "-", info.source, " ".join(info.hooks))
+            for info in infos
+        ]
+        widths = [max(len(line[column]) for line in table) for column in range(4)]
+        for line in table:
+            cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+            print("  ".join([*cells, line[4]]))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     print(config.markdown(), end="")
     return 0
@@ -223,6 +290,32 @@ def run_preflight(dsn: str, settings: Settings) -> None:
     for warning in report.warnings:
         logger.warning("%s", warning, extra={"action": "preflight_warning"})
     report.raise_for_problems()
+
+
+def reload_command(settings: Settings) -> list[str]:
+    """``start --reload``: the reload watcher's argv (the coordinator starts it after the workers)."""
+    from . import reload  # noqa: PLC0415 - only in reload mode
+
+    paths = reload.watch_paths(settings.plugins_dir, reload.source_checkout())
+    if not paths:
+        raise ConfigError(
+            "--reload has nothing to watch: give --plugins-dir DIR (a directory of plugin files)"
+        )
+    # Every new worker imports the plugin files again. A .pyc written for one save could be
+    # taken for a later save of the same size within the same second: in reload mode, write none.
+    sys.dont_write_bytecode = True
+    return reload.command(
+        coordinator_pid=os.getpid(),  # the coordinator runs in this process
+        paths=paths,
+        plugins_dir=settings.plugins_dir,
+        log_level=settings.log_level,
+    )
+
+
+def print_failure(exc: BaseException) -> None:
+    """A plugin failure for a person: the message, then the whole traceback (causes first)."""
+    print(f"durable-cluster: {exc}", file=sys.stderr)
+    print("".join(traceback.format_exception(exc)).rstrip(), file=sys.stderr, flush=True)
 
 
 def ensure_app_role(dsn: str) -> None:

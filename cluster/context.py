@@ -67,6 +67,8 @@ class StepContext:
     partition: int
     logger: logging.LoggerAdapter[logging.Logger]
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the submitting role's OID (a renamed role keeps it; a new role of the same name does not).
+    role_oid: int = 0
     #: the registered handler for ``kind`` (called by the core ``durable_run_step``).
     handler: Callable[[StepContext], Any] | None = field(default=None, repr=False)
     #: set by :meth:`commit_with_checkpoint`: the result is already durable.

@@ -33,6 +33,15 @@ halt the cluster instead of crash-looping (gunicorn ``WORKER_BOOT_ERROR`` /
 ``APP_LOAD_ERROR``). The coordinator then exits with that same code, so a
 service manager can refuse to restart it (systemd ``RestartPreventExitStatus``).
 
+Reload (``start --reload``): the coordinator also starts the reload watcher,
+``python -m durable_cluster.reload`` (:mod:`durable_cluster.reload`), with
+``os.posix_spawn``: a fresh interpreter, never a fork, so the coordinator
+neither runs a watcher thread nor imports plugin code. The watcher validates
+changed plugins in yet another interpreter and sends SIGHUP, the ordinary
+rolling restart. The coordinator reaps it like a worker, respawns it if it
+dies after :attr:`Coordinator.WATCHER_MIN_UPTIME` (gives up otherwise: reload
+is then off, the cluster keeps running) and stops it first at shutdown.
+
 Worker contract: the target runs in the child after the post-fork setup
 (default signal dispositions, CPU affinity, parent-death signal, process
 title) and returns an exit code. Its first ``spec.heartbeat.notify()`` means
@@ -52,7 +61,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -176,6 +185,8 @@ class Coordinator:
     SPAWN_JITTER = 0.1  # seconds, upper bound of the random pause between two spawns
     QUICK_STOP_TIMEOUT = 1.0  # seconds between TERM and SIGKILL in a quick stop
     KILL_REAP_TIMEOUT = 5.0  # seconds to wait for SIGKILLed workers to be reaped
+    WATCHER_STOP_TIMEOUT = 5.0  # seconds between TERM and SIGKILL for the reload watcher at shutdown
+    WATCHER_MIN_UPTIME = 10.0  # seconds: a watcher dying sooner is not respawned (it would loop)
 
     def __init__(
         self,
@@ -184,6 +195,7 @@ class Coordinator:
         *,
         on_ready: Callable[[Coordinator], None] | None = None,
         on_stopped: Callable[[], None] | None = None,
+        watcher: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.target = target
@@ -208,6 +220,11 @@ class Coordinator:
         self._wakeup: tuple[int, int] | None = None  # self-pipe (read, write)
         self._saved_wakeup_fd = -1
         self._saved_handlers: dict[int, Any] = {}
+        # The reload watcher: its argv (absolute executable first), pid and state.
+        self.watcher_command = tuple(watcher)
+        self.watcher_pid: int | None = None
+        self._watcher_spawned_at = 0.0
+        self._watcher_given_up = False
 
     # -- main loop ---------------------------------------------------------------
 
@@ -226,6 +243,7 @@ class Coordinator:
                     len(self.slots),
                     extra={"action": "cluster_started", "pid": self.pid},
                 )
+                self.spawn_watcher()
                 if self.on_ready is not None:
                     self.on_ready(self)
                 while self._stop_request is None:
@@ -525,6 +543,9 @@ class Coordinator:
                 return
             if pid == 0:
                 return
+            if pid == self.watcher_pid:
+                self._watcher_exited(status)
+                continue
             handle = self.workers.pop(pid, None)
             if handle is None:
                 log.debug("reaped unknown child %d", pid, extra={"action": "worker_exited"})
@@ -638,6 +659,7 @@ class Coordinator:
             return
         self.spawn_workers()
         self.roll_workers()
+        self.spawn_watcher()
 
     def roll_workers(self) -> None:
         """Advance the rolling restart by at most one slot (never blocks)."""
@@ -684,6 +706,98 @@ class Coordinator:
             )
             return
 
+    # -- the reload watcher --------------------------------------------------------
+
+    def spawn_watcher(self) -> None:
+        """Start the reload watcher if there is one to run and none runs (posix_spawn, no fork).
+
+        The child starts with an empty signal mask and default dispositions for
+        the signals the coordinator catches; its file descriptors are the
+        standard three (the coordinator's pipe and heartbeat files are
+        close-on-exec).
+        """
+        if not self.watcher_command or self.watcher_pid is not None or self._watcher_given_up:
+            return
+        if self.stopping:
+            return
+        try:
+            pid = os.posix_spawn(
+                self.watcher_command[0],
+                list(self.watcher_command),
+                dict(os.environ),
+                setsigmask=(),
+                setsigdef=self.handled_signals(),
+            )
+        except OSError as exc:
+            self._watcher_given_up = True
+            log.error(
+                "could not start the reload watcher: %s; reload is off",
+                exc,
+                extra={"action": "watcher_failed"},
+            )
+            return
+        self.watcher_pid = pid
+        self._watcher_spawned_at = self.clock()
+        log.info(
+            "reload watcher started (pid %d)",
+            pid,
+            extra={"action": "watcher_started", "pid": pid},
+        )
+
+    def _watcher_exited(self, status: int) -> None:
+        pid, self.watcher_pid = self.watcher_pid, None
+        if os.WIFSIGNALED(status):
+            how = f"was killed by {_signal_name(os.WTERMSIG(status))}"
+        else:
+            how = f"exited (code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_CRASH})"
+        extra: dict[str, Any] = {"action": "watcher_exited", "pid": pid}
+        if self.stopping:
+            log.info("reload watcher (pid %s) %s", pid, how, extra=extra)
+            return
+        if self.clock() - self._watcher_spawned_at < self.WATCHER_MIN_UPTIME:
+            self._watcher_given_up = True
+            log.error(
+                "reload watcher (pid %s) %s within %gs of its start; reload is off, the workers keep running",
+                pid,
+                how,
+                self.WATCHER_MIN_UPTIME,
+                extra=extra,
+            )
+            return
+        log.warning("reload watcher (pid %s) %s; starting a new one", pid, how, extra=extra)
+
+    def stop_watcher(self) -> None:
+        """TERM the reload watcher (reaped by :meth:`reap_workers` / :meth:`reap_watcher`)."""
+        if self.watcher_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.watcher_pid, signal.SIGTERM)
+
+    def reap_watcher(self) -> None:
+        """At shutdown: wait up to WATCHER_STOP_TIMEOUT for the TERMed watcher, then SIGKILL it."""
+        if self.watcher_pid is None or self._wait_for_watcher(self.WATCHER_STOP_TIMEOUT):
+            return
+        log.warning(
+            "reload watcher (pid %d) did not stop within %gs: SIGKILL",
+            self.watcher_pid,
+            self.WATCHER_STOP_TIMEOUT,
+            extra={"action": "watcher_killed", "pid": self.watcher_pid},
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.watcher_pid, signal.SIGKILL)
+        self._wait_for_watcher(self.KILL_REAP_TIMEOUT)
+
+    def _wait_for_watcher(self, timeout: float) -> bool:
+        """Reap until the watcher is gone (True) or ``timeout`` seconds passed (False)."""
+        deadline = self.clock() + timeout
+        while True:
+            self.reap_workers()
+            if self.watcher_pid is None:
+                return True
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            self.wait_for_signals(min(remaining, self.ROLL_POLL_INTERVAL))
+
     # -- shutdown ------------------------------------------------------------------
 
     def stop(self, graceful: bool = True) -> None:
@@ -694,6 +808,7 @@ class Coordinator:
         self.stopping = True
         self._roll_queue.clear()
         self._rolling = None
+        self.stop_watcher()  # first: no SIGHUP may start a roll while we stop
         timeout = self.settings.graceful_timeout if graceful else self.QUICK_STOP_TIMEOUT
         log.info(
             "stopping %d workers (%s, up to %gs)",
@@ -740,6 +855,7 @@ class Coordinator:
                 handle.pid,
                 extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
             )
+        self.reap_watcher()
         log.info("cluster stopped", extra={"action": "cluster_stopped", "pid": self.pid})
 
     def _close_heartbeats(self) -> None:

@@ -79,6 +79,7 @@ class Instance:
     timer: asyncio.TimerHandle | None = None
     transient: dict[str, int] = field(default_factory=dict)
     suspect: bool = False
+    role_oid: int = 0
 
 
 class Engine:
@@ -175,7 +176,7 @@ class Engine:
             (
                 iid,
                 partition,
-                _oid,
+                role_oid,
                 rolname,
                 rolsuper,
                 _canlogin,
@@ -218,6 +219,7 @@ class Engine:
                 signals=signals.get(iid, []),
             )
             inst = Instance(iid, partition, run, rolname, database, status, stamped=stamps.get(iid, {}))
+            inst.role_oid = int(role_oid)
             inst.seen_signal = max((s.id for s in run.signals), default=0)
             # In memory when a worker died, without progress since: its steps are
             # marked before they run, so a step that kills its worker is found out.
@@ -492,6 +494,7 @@ class Engine:
             variables=inst.run.variables,
             results=request.env,
             submitted_by=inst.role,
+            role_oid=inst.role_oid,
             database=inst.database,
             partition=inst.partition,
             logger=step_logger(f"durable_cluster.step.{kind}", inst.id, node.id, request.key),
@@ -723,6 +726,16 @@ class Engine:
                 raise StepFailed(
                     f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id} '
                     f"(dropped, renamed or no longer its submitter)"
+                ) from exc
+            if state == db.LOGIN_LOST:
+                raise StepFailed(
+                    f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}: '
+                    "it no longer has the LOGIN privilege"
+                ) from exc
+            if state == "42501":
+                raise StepFailed(
+                    f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}: '
+                    f"df usage revoked or role dropped ({db.primary_message(exc)})"
                 ) from exc
             if state == "23505":
                 raise AlreadyRecorded(key_message(ctx)) from exc

@@ -52,7 +52,7 @@ class StepFailed(DurableClusterError):
 
 
 class RetryStep(DurableClusterError):
-    """Ask the runtime to run this step again (honoured by df.retry policies)."""
+    """Run this step again: the runtime retries it a few times with backoff (wrap it in df.retry for more)."""
 
 
 class HaltCluster(BaseException):  # a control-flow exit, like gunicorn's HaltServer

@@ -49,7 +49,7 @@ async def run_sql(ctx: StepContext) -> Any:
     try:
         async with ctx.connection() as conn:
             if not ctx.home_database:
-                return await _autocommit(conn, query)
+                return await _autocommit(ctx, conn, query)
             try:
                 async with conn.transaction():
                     value = await _execute(conn, query)
@@ -60,18 +60,41 @@ async def run_sql(ctx: StepContext) -> Any:
                     await ctx.commit_with_checkpoint(conn, value)
                 return value
             except NEEDS_AUTOCOMMIT:
-                return await _autocommit(conn, query)
+                return await _autocommit(ctx, conn, query)
     except psycopg.Error as exc:
         raise _classify(exc) from exc
 
 
-async def _autocommit(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+async def _autocommit(ctx: StepContext, conn: psycopg.AsyncConnection[Any], query: str) -> Any:
     await conn.set_autocommit(True)
     try:
+        await _check_role(ctx, conn)
         return await _execute(conn, query)
     finally:
         if not conn.closed:
             await conn.set_autocommit(False)
+
+
+async def _check_role(ctx: StepContext, conn: psycopg.AsyncConnection[Any]) -> None:
+    """Outside the checkpoint (autocommit, another database): is the submitter still allowed?
+
+    A pooled connection outlives a role's LOGIN privilege, and even the role
+    (renamed, or dropped and recreated under the same name). The checkpoint
+    function checks both on the exactly-once path; this does it here.
+    """
+    cur = await conn.execute(
+        "SELECT r.oid::bigint, r.rolcanlogin FROM pg_catalog.pg_roles r WHERE r.rolname = session_user"
+    )
+    row = await cur.fetchone()
+    reason = None
+    if row is None or (ctx.role_oid and int(row[0]) != ctx.role_oid):
+        reason = "it was dropped or replaced"
+    elif not row[1]:
+        reason = "it no longer has the LOGIN privilege"
+    if reason:
+        raise StepFailed(
+            f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}: {reason}'
+        )
 
 
 async def _execute(conn: psycopg.AsyncConnection[Any], query: str) -> Any:

@@ -12,8 +12,10 @@ A missing database fails the run; it never skips.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import uuid
 from typing import TYPE_CHECKING
 
@@ -83,6 +85,13 @@ def pg_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     try:
         yield Server(pg.dsn(), pg)
     finally:
+        # Keep the server log next to the test run's other files (CI artifacts, post-mortems).
+        with contextlib.suppress(OSError):
+            shutil.copy(
+                pg.log_file,
+                tmp_path_factory.getbasetemp()
+                / f"postgres-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log",
+            )
         pg.destroy()
 
 

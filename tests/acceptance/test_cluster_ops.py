@@ -188,7 +188,7 @@ def test_database_restart_mid_run_loses_nothing(
 ) -> None:
     if pg_server.embedded is None:
         pytest.skip("restarting the server needs the embedded test server (not --test-dsn)")
-    cluster = start_cluster(workers=2, args=("--heartbeat-timeout", "2"))
+    cluster = start_cluster(workers=2, args=("--heartbeat-timeout", "4"))
     role = make_role("restart")
     role_dsn = make_role.dsn(role)
     with psycopg.connect(role_dsn, autocommit=True) as conn:
@@ -204,11 +204,14 @@ def test_database_restart_mid_run_loses_nothing(
         ]
         wait_for(lambda: conn.execute("SELECT count(*) FROM side").fetchone() != (0,), 30, message="progress")
     pg_server.embedded.stop("immediate")
-    # A worker that dies now is respawned while the database is down: waiting for the
-    # database, it keeps its heartbeat and is not killed as stuck.
-    cluster.kill_worker(signal.SIGKILL)
-    time.sleep(3)
-    pg_server.embedded.start()
+    try:
+        # A worker that dies now is respawned while the database is down: waiting for the
+        # database, it keeps its heartbeat and is not killed as stuck.
+        wait_for(cluster.worker_pids, 10, message="a worker to kill")
+        cluster.kill_worker(signal.SIGKILL)
+        time.sleep(5)
+    finally:
+        pg_server.embedded.start()  # the other tests of this xdist worker share the server
 
     def finished() -> bool:
         with psycopg.connect(role_dsn, autocommit=True) as conn:

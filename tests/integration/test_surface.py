@@ -216,7 +216,7 @@ def test_operators(conn: psycopg.Connection[Any], operator: str, left: str | Non
     ).fetchall()
     # In df, and (installed by a superuser) in pg_catalog so the default search_path finds them.
     assert [r[0] for r in rows] == ["df", "pg_catalog"]
-    assert {r[1].replace("\"", "") for r in rows} == {function}
+    assert {r[1].replace('"', "") for r in rows} == {function}
 
 
 def test_default_search_path_finds_the_operators(conn: psycopg.Connection[Any]) -> None:
