@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 
 from . import crashpoints, db, queries
 from .graph import NewRecord, Record
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     Done = Callable[[bool], None]
 
 logger = logging.getLogger(__name__)
+
+#: How long a "running" node stamp waits before it is written; most steps finish sooner.
+RUNNING_STAMP_DELAY = 0.25  # seconds
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,12 @@ class Batcher:
         dsn: str,
         claims: Callable[[int], Claim | None],
         on_stale: Callable[[int], None],
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._claims = claims
         self._on_stale = on_stale
+        self._on_commit = on_commit  # (records written, seconds the transaction took), after each flush
         self._batch = _Batch()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -113,6 +118,8 @@ class Batcher:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.flushes = 0
         self.records_written = 0
+        self._running: dict[tuple[str, str], tuple[float, tuple[int, str, Any, str, Any]]] = {}
+        self._running_timer: asyncio.TimerHandle | None = None
 
     # -- queueing (synchronous, called from the event loop) ------------------------
 
@@ -133,8 +140,38 @@ class Batcher:
         scope: str,
         details: dict[str, Any] | None = None,
     ) -> None:
-        self._batch.stamps[(instance_id, node_id)] = (partition, status, result, scope, details)
+        """Write a node's status to ``df.nodes``.
+
+        A ``running`` stamp waits ``RUNNING_STAMP_DELAY`` first: a step that
+        finishes sooner is stamped once, ``completed``, instead of twice.
+        """
+        key = (instance_id, node_id)
+        value = (partition, status, result, scope, details)
+        if status == "running":
+            self._running[key] = (time.monotonic() + RUNNING_STAMP_DELAY, value)
+            self._schedule_running()
+            return
+        self._running.pop(key, None)
+        self._batch.stamps[key] = value
         self._kick()
+
+    def _schedule_running(self) -> None:
+        if self._running_timer is None and self._running:
+            due = min(d for d, _ in self._running.values())
+            delay = max(0.0, due - time.monotonic())
+            self._running_timer = asyncio.get_running_loop().call_later(delay, self._promote_running)
+
+    def _promote_running(self, everything: bool = False) -> None:
+        """Move the running stamps that waited long enough into the next flush."""
+        self._running_timer = None
+        now = time.monotonic()
+        ready = [k for k, (due, _) in self._running.items() if everything or due <= now]
+        for key in ready:
+            _, value = self._running.pop(key)
+            self._batch.stamps.setdefault(key, value)
+        if ready:
+            self._kick()
+        self._schedule_running()
 
     def running(self, partition: int, instance_id: str) -> None:
         self._batch.running[instance_id] = partition
@@ -163,7 +200,8 @@ class Batcher:
         self._wakeup.set()
 
     async def drain(self) -> None:
-        """Wait until every write queued so far is committed."""
+        """Wait until every write queued so far is committed (running stamps included)."""
+        self._promote_running(everything=True)
         while not self._batch.empty() or not self._idle.is_set():
             self._kick()
             await self._idle.wait()
@@ -201,10 +239,13 @@ class Batcher:
     async def _flush(self, batch: _Batch) -> None:
         # Claims released or lost locally cannot be written any more.
         batch.drop({p for p in batch.partitions() if self._claims(p) is None})
+        stale: set[int] = set()
         while True:
             conn = await self._connection()
+            started = time.monotonic()
             try:
-                stale, committed = await self._write(conn, batch)
+                committed = await self._write(conn, batch)
+                seconds = time.monotonic() - started
                 break
             except psycopg.OperationalError as exc:
                 logger.warning(
@@ -214,134 +255,128 @@ class Batcher:
                 )
                 await conn.close()
                 await asyncio.sleep(0.2)
+            except psycopg.Error as exc:
+                if exc.sqlstate != db.STALE_EPOCH:
+                    raise
+                # Some claim went stale: find out which, leave their writes out, write the rest.
+                found = await self._stale(conn, batch)
+                stale |= found
+                batch.drop(found)
         for partition in stale:
             self._on_stale(partition)
         self.flushes += 1
+        by_instance: dict[str, dict[str, Record]] = {}
+        for (iid, key), record in committed.items():
+            by_instance.setdefault(iid, {})[key] = record
         for callback in batch.callbacks:
             if callback.instance_id is not None:
-                callback.done({k: r for (i, k), r in committed.items() if i == callback.instance_id})
+                callback.done(by_instance.get(callback.instance_id, {}))
             else:
                 callback.done(True)
         for callback in batch.dropped:
             callback.done(None if callback.instance_id is not None else False)
+        if self._on_commit is not None:
+            try:
+                self._on_commit(len(batch.records), seconds)
+            except Exception:  # an observer must not stop the worker's only writer
+                logger.exception(
+                    "checkpoint commit observer failed", extra={"action": "checkpoint_observer_failed"}
+                )
+
+    def _fence(self, batch: _Batch) -> dict[str, Any]:
+        claims = [c for c in (self._claims(p) for p in sorted(batch.partitions())) if c is not None]
+        return {
+            "partitions": [c.partition for c in claims],
+            "epochs": [c.epoch for c in claims],
+            "secrets": [c.secret for c in claims],
+        }
+
+    async def _stale(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> set[int]:
+        cur = await conn.execute(queries.get("fence_check"), self._fence(batch))
+        row = await cur.fetchone()
+        return set(row[0]) if row and row[0] else set()
 
     async def _write(
         self, conn: psycopg.AsyncConnection[Any], batch: _Batch
-    ) -> tuple[set[int], dict[tuple[str, str], Record]]:
-        claims = [c for c in (self._claims(p) for p in sorted(batch.partitions())) if c is not None]
-        async with conn.transaction():
-            stale: set[int] = set()
-            if claims:
-                cur = await conn.execute(
-                    queries.get("fence_check"),
-                    {
-                        "partitions": [c.partition for c in claims],
-                        "epochs": [c.epoch for c in claims],
-                        "secrets": [c.secret for c in claims],
-                    },
+    ) -> dict[tuple[str, str], Record]:
+        """One transaction, sent as one pipeline: fence, records, node stamps, instance state."""
+        wanted = {(iid, nr.key): nr for _, iid, nr in batch.records}
+        records_cur = None
+        async with conn.pipeline() as pipeline, conn.transaction():
+            if batch.partitions():
+                await conn.execute(queries.get("fence_all"), self._fence(batch))
+            if wanted:
+                records_cur = await conn.execute(
+                    queries.get("write_records"), {"rows": _records_json(wanted)}
                 )
-                row = await cur.fetchone()
-                stale = set(row[0]) if row and row[0] else set()
-                batch.drop(stale)
-            committed = await self._write_records(conn, batch)
             await self._write_state(conn, batch)
+            await pipeline.sync()
+            inserted = set()
+            if records_cur is not None:
+                inserted = {(str(i), str(k)) for i, k in await records_cur.fetchall()}
+            conflicts = [ik for ik in wanted if ik not in inserted]
+            committed = {ik: wanted[ik].record for ik in inserted}
+            if conflicts:
+                # Recorded before (a flush sent again after an unknown commit outcome,
+                # or a SQL step that committed its own checkpoint): the stored value wins.
+                cur = await conn.execute(
+                    queries.get("get_records"),
+                    {"rows": orjson.dumps([{"iid": i, "key": k} for i, k in conflicts]).decode()},
+                )
+                for iid, key, kind, ok, value, guarantee in await cur.fetchall():
+                    committed[(str(iid), str(key))] = Record(str(kind), bool(ok), value, guarantee)
             crashpoints.hit("before_checkpoint_commit")
         crashpoints.hit("after_checkpoint_commit")
-        self.records_written += len(batch.records)
-        return stale, committed
-
-    async def _write_records(
-        self, conn: psycopg.AsyncConnection[Any], batch: _Batch
-    ) -> dict[tuple[str, str], Record]:
-        if not batch.records:
-            return {}
-        wanted = {(iid, nr.key): nr for _, iid, nr in batch.records}
-        cur = await conn.execute(
-            queries.get("insert_records"),
-            {
-                "ids": [iid for iid, _ in wanted],
-                "keys": [key for _, key in wanted],
-                "kinds": [nr.record.kind for nr in wanted.values()],
-                "oks": [nr.record.ok for nr in wanted.values()],
-                "values": [Jsonb(nr.record.value, dumps=_dumps) for nr in wanted.values()],
-                "guarantees": [nr.record.guarantee for nr in wanted.values()],
-            },
-        )
-        inserted = {(str(i), str(k)) for i, k in await cur.fetchall()}
-        committed = {ik: wanted[ik].record for ik in inserted}
-        conflicts = [ik for ik in wanted if ik not in inserted]
-        if conflicts:
-            # Recorded before (a flush sent again after an unknown commit outcome,
-            # or a SQL step that committed its own checkpoint): the stored value wins.
-            cur = await conn.execute(
-                queries.get("get_records"),
-                {"ids": [i for i, _ in conflicts], "keys": [k for _, k in conflicts]},
-            )
-            for iid, key, kind, ok, value, guarantee in await cur.fetchall():
-                committed[(str(iid), str(key))] = Record(str(kind), bool(ok), value, guarantee)
-        consumed = [
-            (nr.consumes_signal, nr.key)
-            for ik, nr in wanted.items()
-            if ik in inserted and nr.consumes_signal is not None
-        ]
-        if consumed:
-            await conn.execute(
-                queries.get("consume_signals"),
-                {"signal_ids": [s for s, _ in consumed], "keys": [k for _, k in consumed]},
-            )
-        drops = [
-            (iid, prefix)
-            for (iid, key), nr in wanted.items()
-            if (iid, key) in inserted
-            for prefix in nr.drop_prefixes
-        ]
-        if drops:
-            await conn.execute(
-                queries.get("drop_records"),
-                {"ids": [i for i, _ in drops], "prefixes": [p for _, p in drops]},
-            )
+        self.records_written += len(inserted)
         return committed
 
     async def _write_state(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> None:
         if batch.stamps:
-            items = list(batch.stamps.items())
-            await conn.execute(
-                queries.get("stamp_nodes"),
+            rows = [
                 {
-                    "ids": [iid for (iid, _), _ in items],
-                    "nodes": [nid for (_, nid), _ in items],
-                    "statuses": [v[1] for _, v in items],
-                    "results": [None if v[1] == "running" else Jsonb(v[2], dumps=_dumps) for _, v in items],
-                    "scopes": [v[3] for _, v in items],
-                    "details": [Jsonb(v[4], dumps=_dumps) if v[4] else None for _, v in items],
-                },
-            )
+                    "iid": iid,
+                    "nid": nid,
+                    "status": v[1],
+                    "result": None if v[1] == "running" else v[2],
+                    "scope": v[3],
+                    "details": v[4] or None,
+                }
+                for (iid, nid), v in batch.stamps.items()
+            ]
+            await conn.execute(queries.get("stamp_nodes"), {"rows": _json(rows)})
         if batch.running:
-            await conn.execute(queries.get("mark_running"), {"ids": list(batch.running)})
+            await conn.execute(queries.get("mark_running"), {"ids": _json(list(batch.running))})
         progressed = {iid for _, iid, _ in batch.records} | {iid for iid, _ in batch.stamps}
         if progressed:
-            await conn.execute(queries.get("made_progress"), {"ids": sorted(progressed)})
+            await conn.execute(queries.get("made_progress"), {"ids": _json(sorted(progressed))})
         if batch.wakes:
-            wakes = list(batch.wakes.items())
-            await conn.execute(
-                queries.get("set_wake"),
-                {
-                    "ids": [iid for iid, _ in wakes],
-                    "wakes": [v[1] for _, v in wakes],
-                    "seen": [v[2] for _, v in wakes],
-                },
-            )
+            rows = [{"iid": iid, "wake": v[1] or None, "seen": v[2]} for iid, v in batch.wakes.items()]
+            await conn.execute(queries.get("set_wake"), {"rows": _json(rows)})
         if batch.finishes:
-            with_status = [(iid, v[1]) for iid, v in batch.finishes.items() if v[1] is not None]
-            if with_status:
-                await conn.execute(
-                    queries.get("finish_instances"),
-                    {"ids": [i for i, _ in with_status], "statuses": [s for _, s in with_status]},
-                )
-            ids = list(batch.finishes)
-            await conn.execute(queries.get("delete_runs"), {"ids": ids})
-            await conn.execute(queries.get("delete_journal"), {"ids": ids})
-            await conn.execute(queries.get("delete_signals"), {"ids": ids})
+            rows = [{"iid": iid, "status": v[1]} for iid, v in batch.finishes.items()]
+            await conn.execute(queries.get("finish_instances"), {"rows": _json(rows)})
+
+
+def _records_json(wanted: dict[tuple[str, str], NewRecord]) -> str:
+    return _json(
+        [
+            {
+                "iid": iid,
+                "key": key,
+                "kind": nr.record.kind,
+                "ok": nr.record.ok,
+                "value": nr.record.value,
+                "guarantee": nr.record.guarantee,
+                "signal": nr.consumes_signal,
+                "drops": list(nr.drop_prefixes) or None,
+            }
+            for (iid, key), nr in wanted.items()
+        ]
+    )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 async def _first(*waits: Any) -> None:
@@ -352,7 +387,3 @@ async def _first(*waits: Any) -> None:
     finally:
         for task in tasks:
             task.cancel()
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()

@@ -70,7 +70,9 @@ class Option:
 
 
 RUN = ("start", "worker")
-CONNECT = ("start", "init", "worker", "dsn", "status")
+#: the commands that read (and cancel, signal) as the connecting role
+READ = ("status", "list", "show", "explain", "top", "cancel", "signal", "doctor")
+CONNECT = ("start", "init", "worker", "dsn", "metrics", *READ, "console")
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -101,7 +103,7 @@ OPTIONS: tuple[Option, ...] = (
         int,
         None,
         "Worker processes (default: number of CPUs).",
-        RUN,
+        (*RUN, "doctor"),
         minimum=1,
         maximum=1024,
     ),
@@ -144,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
         10,
         "Concurrent SQL steps per host (pg_durable.max_user_connections), shared among "
         "the workers of this host.",
-        RUN,
+        (*RUN, "doctor"),
         minimum=1,
         maximum=10000,
     ),
@@ -293,7 +295,69 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "info",
         "Log level: debug, info, warning, error.",
-        ("start", "worker", "init"),
+        ("start", "worker", "init", "metrics", "console"),
+    ),
+    Option(
+        "log_format",
+        str,
+        "text",
+        "Log format: text, or json (one object per line: ts, level, logger, pid, event, message "
+        "and the record's ids). Workers, the reload watcher and the metrics server follow it.",
+        ("start", "worker", "init", "metrics", "console"),
+    ),
+    Option(
+        "metrics",
+        str,
+        None,
+        "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464) from a "
+        "separate process the coordinator starts; see docs/observability.md.",
+        ("start",),
+    ),
+    Option(
+        "otel",
+        str,
+        None,
+        "OTLP/HTTP endpoint for OpenTelemetry traces, one span per step (e.g. http://localhost:4318; "
+        "OTEL_EXPORTER_OTLP_ENDPOINT works too). Needs the otel extra.",
+        RUN,
+    ),
+    Option(
+        "json",
+        bool,
+        False,
+        "Print one JSON document instead of tables (the shapes are in docs/cli.md).",
+        READ,
+    ),
+    Option(
+        "console",
+        str,
+        None,
+        "Also serve the web console on HOST:PORT (e.g. 127.0.0.1:8484) from a separate process the "
+        "coordinator starts; its URL, with the access token, is printed once. See docs/console.md.",
+        ("start",),
+    ),
+    Option(
+        "console_role",
+        str,
+        None,
+        "Database role the web console acts as: row-level security decides what it shows "
+        "(default: the DSN's user; with the embedded server, the app role).",
+        ("start", "console"),
+    ),
+    Option(
+        "console_token",
+        str,
+        None,
+        "Secret token of the web console URL, at least 16 characters (default: a new random one "
+        "each start, printed once).",
+        ("start", "console"),
+    ),
+    Option(
+        "console_allow_remote",
+        bool,
+        False,
+        "Let the web console listen on a non-loopback address (put a TLS reverse proxy in front).",
+        ("start", "console"),
     ),
 )
 
@@ -330,6 +394,14 @@ class Settings:
     plugins_dir: Path | None = None
     reload: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    metrics: str | None = None
+    otel: str | None = None
+    json: bool = False
+    console: str | None = None
+    console_role: str | None = None
+    console_token: str | None = None
+    console_allow_remote: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -126,3 +126,36 @@ def step_logger(name: str, instance_id: str, node_id: str, key: str) -> logging.
     return logging.LoggerAdapter(
         logging.getLogger(name), {"instance_id": instance_id, "node_id": node_id, "step_key": key}
     )
+
+
+def checkpoint_failure(ctx: StepContext, exc: BaseException) -> Exception | None:
+    """What a database error raised by a step's checkpoint (or its commit) means.
+
+    For handlers that pipeline ``commit_with_checkpoint`` with their COMMIT and
+    so see its errors late: returns the runtime's exception for the
+    checkpoint's own refusals, or ``None`` for any other error.
+    """
+    from . import db  # noqa: PLC0415 - keeps the public facade's imports light
+    from .errors import AlreadyRecorded, InstanceTerminal, StaleEpoch, StepFailed  # noqa: PLC0415
+
+    state = getattr(exc, "sqlstate", None)
+    who = f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}'
+    if state == db.STALE_EPOCH:
+        return StaleEpoch(db.primary_message(exc))
+    if state == db.INSTANCE_TERMINAL:
+        return InstanceTerminal(db.primary_message(exc))
+    if state == db.CHECKPOINT_REFUSED:
+        return StepFailed(f"{who} (dropped, renamed or no longer its submitter)")
+    if state == db.LOGIN_LOST:
+        return StepFailed(f"{who}: it no longer has the LOGIN privilege")
+    if state == "42501":
+        return StepFailed(f"{who}: df usage revoked or role dropped ({db.primary_message(exc)})")
+    diag = getattr(exc, "diag", None)
+    if (
+        state == "23505"
+        and diag is not None
+        and diag.schema_name == "durable"
+        and diag.table_name == "journal"
+    ):
+        return AlreadyRecorded(f"step {ctx.key} of instance {ctx.instance_id} was already recorded")
+    return None

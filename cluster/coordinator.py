@@ -42,6 +42,20 @@ rolling restart. The coordinator reaps it like a worker, respawns it if it
 dies after :attr:`Coordinator.WATCHER_MIN_UPTIME` (gives up otherwise: reload
 is then off, the cluster keeps running) and stops it first at shutdown.
 
+The watcher is one :class:`Helper`; ``start --console`` adds another, the web
+console (``python -m durable_cluster console``, :mod:`durable_cluster.console`),
+which holds the database connections and threads the coordinator must not.
+Every helper is spawned, reaped, respawned and stopped the same way.
+
+Metrics (``start --metrics HOST:PORT``): before forking, the coordinator
+points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory (a temporary one,
+removed at exit, unless the variable was already set), so the workers'
+``prometheus_client`` values go to files there. It removes a reaped
+worker's live gauges (``mark_process_dead``), counts respawns per slot in
+``coordinator.json`` there, and runs the metrics server
+(``python -m durable_cluster metrics``, :mod:`durable_cluster.metrics`) with
+``posix_spawn``, reaped, respawned and stopped like the reload watcher.
+
 Worker contract: the target runs in the child after the post-fork setup
 (default signal dispositions, CPU affinity, parent-death signal, process
 title) and returns an exit code. Its first ``spec.heartbeat.notify()`` means
@@ -57,12 +71,14 @@ import os
 import queue
 import random
 import select
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import process
@@ -81,6 +97,7 @@ __all__ = [
     "PLUGIN_LOAD_ERROR",
     "WORKER_BOOT_ERROR",
     "Coordinator",
+    "Helper",
     "WorkerHandle",
     "WorkerSpec",
     "WorkerTarget",
@@ -150,6 +167,31 @@ class _PendingRoll:
     deadline: float  # give up waiting for the new worker's first heartbeat
 
 
+@dataclass(eq=False)
+class Helper:
+    """A helper process the coordinator runs beside the workers: the reload watcher, the web console.
+
+    Started with ``os.posix_spawn`` (a fresh interpreter: the coordinator
+    never forks anything but workers, runs no thread and holds no
+    connection), reaped by the main loop, respawned when it dies after
+    :attr:`Coordinator.WATCHER_MIN_UPTIME` (given up otherwise: the cluster
+    keeps running without it), TERMed first at shutdown.
+    """
+
+    name: str  # for the logs: "reload watcher", "console"
+    argv: tuple[str, ...]  # absolute executable first
+    env: dict[str, str] = field(default_factory=dict)  # added to the coordinator's environment
+    off: str = "it is off"  # what giving up means, for the log
+    pid: int | None = None
+    spawned_at: float = 0.0  # coordinator clock
+    given_up: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The log actions' prefix: ``watcher_started``, ``console_exited``..."""
+        return self.name.split()[-1]
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -185,8 +227,8 @@ class Coordinator:
     SPAWN_JITTER = 0.1  # seconds, upper bound of the random pause between two spawns
     QUICK_STOP_TIMEOUT = 1.0  # seconds between TERM and SIGKILL in a quick stop
     KILL_REAP_TIMEOUT = 5.0  # seconds to wait for SIGKILLed workers to be reaped
-    WATCHER_STOP_TIMEOUT = 5.0  # seconds between TERM and SIGKILL for the reload watcher at shutdown
-    WATCHER_MIN_UPTIME = 10.0  # seconds: a watcher dying sooner is not respawned (it would loop)
+    WATCHER_STOP_TIMEOUT = 5.0  # seconds between TERM and SIGKILL for a helper process at shutdown
+    WATCHER_MIN_UPTIME = 10.0  # seconds: a helper dying sooner is not respawned (it would loop)
 
     def __init__(
         self,
@@ -196,6 +238,9 @@ class Coordinator:
         on_ready: Callable[[Coordinator], None] | None = None,
         on_stopped: Callable[[], None] | None = None,
         watcher: Sequence[str] = (),
+        helpers: Sequence[Helper] = (),
+        metrics: Sequence[str] = (),
+        metrics_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -220,11 +265,23 @@ class Coordinator:
         self._wakeup: tuple[int, int] | None = None  # self-pipe (read, write)
         self._saved_wakeup_fd = -1
         self._saved_handlers: dict[int, Any] = {}
-        # The reload watcher: its argv (absolute executable first), pid and state.
+        # Helper processes, posix_spawned and reaped by this loop: the reload watcher first.
         self.watcher_command = tuple(watcher)
-        self.watcher_pid: int | None = None
-        self._watcher_spawned_at = 0.0
-        self._watcher_given_up = False
+        self._watcher = (
+            Helper("reload watcher", self.watcher_command, off="reload is off") if watcher else None
+        )
+        self.helpers: list[Helper] = [*([self._watcher] if self._watcher else []), *helpers]
+        # The metrics server: argv (absolute executable first), extra environment, pid, state;
+        # and the PROMETHEUS_MULTIPROC_DIR of this run (None: metrics are off).
+        self.metrics_command = tuple(metrics)
+        self.metrics_env = dict(metrics_env or {})
+        self.metrics_pid: int | None = None
+        self._metrics_spawned_at = 0.0
+        self._metrics_given_up = False
+        self.metrics_dir: str | None = None
+        self._metrics_dir_created = False
+        self._metrics_env_saved: str | None = None
+        self._restarts: dict[int, int] = {}  # slot -> respawns, for durable_worker_restarts_total
 
     # -- main loop ---------------------------------------------------------------
 
@@ -236,6 +293,7 @@ class Coordinator:
         status = EXIT_OK
         try:
             try:
+                self.setup_metrics_dir()  # before the first fork: the workers inherit it
                 self.spawn_workers()
                 log.info(
                     "cluster %s started with %d workers",
@@ -243,7 +301,8 @@ class Coordinator:
                     len(self.slots),
                     extra={"action": "cluster_started", "pid": self.pid},
                 )
-                self.spawn_watcher()
+                self.spawn_helpers()
+                self.spawn_metrics_server()
                 if self.on_ready is not None:
                     self.on_ready(self)
                 while self._stop_request is None:
@@ -263,6 +322,7 @@ class Coordinator:
                 self.stop(graceful=self._stop_request == "graceful")
             finally:
                 self._close_heartbeats()
+                self.remove_metrics_dir()
                 if self.on_stopped is not None:
                     try:
                         self.on_stopped()
@@ -493,6 +553,8 @@ class Coordinator:
         self.slots[slot] = handle
         respawn = slot in self._lost_slots
         self._lost_slots.discard(slot)
+        if respawn:
+            self.count_restart(slot)
         log.info(
             "worker[%d] %s (pid %d, generation %d, cpu %s)",
             slot,
@@ -543,14 +605,19 @@ class Coordinator:
                 return
             if pid == 0:
                 return
-            if pid == self.watcher_pid:
-                self._watcher_exited(status)
+            if pid == self.metrics_pid:
+                self._metrics_server_exited(status)
+                continue
+            helper = self.helper_of(pid)
+            if helper is not None:
+                self._helper_exited(helper, status)
                 continue
             handle = self.workers.pop(pid, None)
             if handle is None:
                 log.debug("reaped unknown child %d", pid, extra={"action": "worker_exited"})
                 continue
             handle.heartbeat.close()
+            self.metrics_process_dead(pid)
             self._worker_exited(handle, status)
 
     def _worker_exited(self, handle: WorkerHandle, status: int) -> None:
@@ -659,7 +726,8 @@ class Coordinator:
             return
         self.spawn_workers()
         self.roll_workers()
-        self.spawn_watcher()
+        self.spawn_helpers()
+        self.spawn_metrics_server()
 
     def roll_workers(self) -> None:
         """Advance the rolling restart by at most one slot (never blocks)."""
@@ -706,92 +774,277 @@ class Coordinator:
             )
             return
 
-    # -- the reload watcher --------------------------------------------------------
+    # -- helper processes (the reload watcher, the web console) ----------------------
 
-    def spawn_watcher(self) -> None:
-        """Start the reload watcher if there is one to run and none runs (posix_spawn, no fork).
+    @property
+    def watcher_pid(self) -> int | None:
+        """The reload watcher's pid while it runs."""
+        return self._watcher.pid if self._watcher is not None else None
 
-        The child starts with an empty signal mask and default dispositions for
+    def helper_of(self, pid: int) -> Helper | None:
+        return next((helper for helper in self.helpers if helper.pid == pid), None)
+
+    def spawn_helpers(self) -> None:
+        """Start every helper that should run and does not (posix_spawn, no fork).
+
+        A child starts with an empty signal mask and default dispositions for
         the signals the coordinator catches; its file descriptors are the
         standard three (the coordinator's pipe and heartbeat files are
-        close-on-exec).
+        close-on-exec). Its environment is ours plus the helper's ``env``.
         """
-        if not self.watcher_command or self.watcher_pid is not None or self._watcher_given_up:
+        if self.stopping:
+            return
+        for helper in self.helpers:
+            if helper.pid is None and not helper.given_up:
+                self._spawn_helper(helper)
+
+    spawn_watcher = spawn_helpers  # the reload watcher was the first helper
+
+    def _spawn_helper(self, helper: Helper) -> None:
+        try:
+            pid = os.posix_spawn(
+                helper.argv[0],
+                list(helper.argv),
+                {**os.environ, **helper.env},
+                setsigmask=(),
+                setsigdef=self.handled_signals(),
+            )
+        except OSError as exc:
+            helper.given_up = True
+            log.error(
+                "could not start the %s: %s; %s",
+                helper.name,
+                exc,
+                helper.off,
+                extra={"action": f"{helper.kind}_failed"},
+            )
+            return
+        helper.pid = pid
+        helper.spawned_at = self.clock()
+        log.info(
+            "%s started (pid %d)",
+            helper.name,
+            pid,
+            extra={"action": f"{helper.kind}_started", "pid": pid},
+        )
+
+    def _helper_exited(self, helper: Helper, status: int) -> None:
+        pid, helper.pid = helper.pid, None
+        if os.WIFSIGNALED(status):
+            how = f"was killed by {_signal_name(os.WTERMSIG(status))}"
+        else:
+            how = f"exited (code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_CRASH})"
+        extra: dict[str, Any] = {"action": f"{helper.kind}_exited", "pid": pid}
+        if self.stopping:
+            log.info("%s (pid %s) %s", helper.name, pid, how, extra=extra)
+            return
+        if self.clock() - helper.spawned_at < self.WATCHER_MIN_UPTIME:
+            helper.given_up = True
+            log.error(
+                "%s (pid %s) %s within %gs of its start; %s, the workers keep running",
+                helper.name,
+                pid,
+                how,
+                self.WATCHER_MIN_UPTIME,
+                helper.off,
+                extra=extra,
+            )
+            return
+        log.warning("%s (pid %s) %s; starting a new one", helper.name, pid, how, extra=extra)
+
+    def stop_helpers(self) -> None:
+        """TERM every running helper (reaped by :meth:`reap_workers` / :meth:`reap_helpers`)."""
+        for helper in self.helpers:
+            if helper.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(helper.pid, signal.SIGTERM)
+
+    stop_watcher = stop_helpers
+
+    def reap_helpers(self) -> None:
+        """At shutdown: wait up to WATCHER_STOP_TIMEOUT for the TERMed helpers, then SIGKILL them."""
+        if self._wait_for_helpers(self.WATCHER_STOP_TIMEOUT):
+            return
+        for helper in self.helpers:
+            if helper.pid is None:
+                continue
+            log.warning(
+                "%s (pid %d) did not stop within %gs: SIGKILL",
+                helper.name,
+                helper.pid,
+                self.WATCHER_STOP_TIMEOUT,
+                extra={"action": f"{helper.kind}_killed", "pid": helper.pid},
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper.pid, signal.SIGKILL)
+        self._wait_for_helpers(self.KILL_REAP_TIMEOUT)
+
+    reap_watcher = reap_helpers
+
+    def _wait_for_helpers(self, timeout: float) -> bool:
+        """Reap until every helper is gone (True) or ``timeout`` seconds passed (False)."""
+        deadline = self.clock() + timeout
+        while True:
+            self.reap_workers()
+            if all(helper.pid is None for helper in self.helpers):
+                return True
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            self.wait_for_signals(min(remaining, self.ROLL_POLL_INTERVAL))
+
+    # -- metrics (start --metrics): the multiprocess directory and the metrics server -------
+
+    def setup_metrics_dir(self) -> None:
+        """Point PROMETHEUS_MULTIPROC_DIR at a fresh directory, when metrics are on.
+
+        On with ``--metrics`` (a temporary directory, removed at exit) or when
+        the variable is already set (that directory, emptied: a standalone
+        ``durable-cluster metrics`` reads it too). Off otherwise: the workers
+        then keep their values in memory.
+        """
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not self.metrics_command and not given:
+            return
+        from . import metrics  # noqa: PLC0415 - only with metrics; imports no prometheus_client
+
+        self._metrics_env_saved = given
+        if given:
+            os.makedirs(given, exist_ok=True)
+            metrics.clear_directory(given)
+            self.metrics_dir = given
+        else:
+            self.metrics_dir = tempfile.mkdtemp(prefix="durable-cluster-metrics-")
+            self._metrics_dir_created = True
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        self._restarts = dict.fromkeys(range(self.num_workers), 0)
+        self._write_metrics_state()
+        log.info(
+            "metrics: worker values in %s",
+            self.metrics_dir,
+            extra={"action": "metrics_directory", "path": self.metrics_dir},
+        )
+
+    def remove_metrics_dir(self) -> None:
+        """At exit: remove the temporary directory and restore the environment."""
+        if self.metrics_dir is None or not self._metrics_dir_created:
+            return
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        if self._metrics_env_saved is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.metrics_dir = None
+        self._metrics_dir_created = False
+
+    def metrics_process_dead(self, pid: int) -> None:
+        """A worker was reaped: drop its live gauges (``prometheus_client`` ``mark_process_dead``)."""
+        if self.metrics_dir is None:
+            return
+        from prometheus_client import multiprocess  # noqa: PLC0415 - after PROMETHEUS_MULTIPROC_DIR is set
+
+        try:
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            log.warning(
+                "metrics: cannot drop the values of pid %d: %s",
+                pid,
+                exc,
+                extra={"action": "metrics_cleanup_failed", "pid": pid},
+            )
+
+    def count_restart(self, slot: int) -> None:
+        """A slot's worker was respawned: one more ``durable_worker_restarts_total{slot}``."""
+        if self.metrics_dir is None:
+            return
+        self._restarts[slot] = self._restarts.get(slot, 0) + 1
+        self._write_metrics_state()
+
+    def _write_metrics_state(self) -> None:
+        from . import metrics  # noqa: PLC0415
+
+        assert self.metrics_dir is not None
+        try:
+            metrics.write_state(self.metrics_dir, cluster_id=self.cluster_id, restarts=self._restarts)
+        except OSError as exc:
+            log.warning(
+                "metrics: cannot write the restart counts: %s",
+                exc,
+                extra={"action": "metrics_state_failed"},
+            )
+
+    def spawn_metrics_server(self) -> None:
+        """Start the metrics server if there is one to run and none runs (posix_spawn, like the watcher)."""
+        if not self.metrics_command or self.metrics_pid is not None or self._metrics_given_up:
             return
         if self.stopping:
             return
         try:
             pid = os.posix_spawn(
-                self.watcher_command[0],
-                list(self.watcher_command),
-                dict(os.environ),
+                self.metrics_command[0],
+                list(self.metrics_command),
+                {**os.environ, **self.metrics_env},
                 setsigmask=(),
                 setsigdef=self.handled_signals(),
             )
         except OSError as exc:
-            self._watcher_given_up = True
+            self._metrics_given_up = True
             log.error(
-                "could not start the reload watcher: %s; reload is off",
+                "could not start the metrics server: %s; metrics are off",
                 exc,
-                extra={"action": "watcher_failed"},
+                extra={"action": "metrics_failed"},
             )
             return
-        self.watcher_pid = pid
-        self._watcher_spawned_at = self.clock()
-        log.info(
-            "reload watcher started (pid %d)",
-            pid,
-            extra={"action": "watcher_started", "pid": pid},
-        )
+        self.metrics_pid = pid
+        self._metrics_spawned_at = self.clock()
+        log.info("metrics server started (pid %d)", pid, extra={"action": "metrics_started", "pid": pid})
 
-    def _watcher_exited(self, status: int) -> None:
-        pid, self.watcher_pid = self.watcher_pid, None
+    def _metrics_server_exited(self, status: int) -> None:
+        pid, self.metrics_pid = self.metrics_pid, None
         if os.WIFSIGNALED(status):
             how = f"was killed by {_signal_name(os.WTERMSIG(status))}"
         else:
             how = f"exited (code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_CRASH})"
-        extra: dict[str, Any] = {"action": "watcher_exited", "pid": pid}
+        extra: dict[str, Any] = {"action": "metrics_exited", "pid": pid}
         if self.stopping:
-            log.info("reload watcher (pid %s) %s", pid, how, extra=extra)
+            log.info("metrics server (pid %s) %s", pid, how, extra=extra)
             return
-        if self.clock() - self._watcher_spawned_at < self.WATCHER_MIN_UPTIME:
-            self._watcher_given_up = True
+        if self.clock() - self._metrics_spawned_at < self.WATCHER_MIN_UPTIME:
+            self._metrics_given_up = True
             log.error(
-                "reload watcher (pid %s) %s within %gs of its start; reload is off, the workers keep running",
+                "metrics server (pid %s) %s within %gs of its start; metrics are off, "
+                "the workers keep running",
                 pid,
                 how,
                 self.WATCHER_MIN_UPTIME,
                 extra=extra,
             )
             return
-        log.warning("reload watcher (pid %s) %s; starting a new one", pid, how, extra=extra)
+        log.warning("metrics server (pid %s) %s; starting a new one", pid, how, extra=extra)
 
-    def stop_watcher(self) -> None:
-        """TERM the reload watcher (reaped by :meth:`reap_workers` / :meth:`reap_watcher`)."""
-        if self.watcher_pid is not None:
+    def stop_metrics_server(self) -> None:
+        """TERM the metrics server (reaped by :meth:`reap_workers` / :meth:`reap_metrics_server`)."""
+        if self.metrics_pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.watcher_pid, signal.SIGTERM)
+                os.kill(self.metrics_pid, signal.SIGTERM)
 
-    def reap_watcher(self) -> None:
-        """At shutdown: wait up to WATCHER_STOP_TIMEOUT for the TERMed watcher, then SIGKILL it."""
-        if self.watcher_pid is None or self._wait_for_watcher(self.WATCHER_STOP_TIMEOUT):
+    def reap_metrics_server(self) -> None:
+        """At shutdown: wait up to WATCHER_STOP_TIMEOUT for the TERMed server, then SIGKILL it."""
+        if self.metrics_pid is None or self._wait_for_metrics_server(self.WATCHER_STOP_TIMEOUT):
             return
         log.warning(
-            "reload watcher (pid %d) did not stop within %gs: SIGKILL",
-            self.watcher_pid,
+            "metrics server (pid %d) did not stop within %gs: SIGKILL",
+            self.metrics_pid,
             self.WATCHER_STOP_TIMEOUT,
-            extra={"action": "watcher_killed", "pid": self.watcher_pid},
+            extra={"action": "metrics_killed", "pid": self.metrics_pid},
         )
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.watcher_pid, signal.SIGKILL)
-        self._wait_for_watcher(self.KILL_REAP_TIMEOUT)
+            os.kill(self.metrics_pid, signal.SIGKILL)
+        self._wait_for_metrics_server(self.KILL_REAP_TIMEOUT)
 
-    def _wait_for_watcher(self, timeout: float) -> bool:
-        """Reap until the watcher is gone (True) or ``timeout`` seconds passed (False)."""
+    def _wait_for_metrics_server(self, timeout: float) -> bool:
         deadline = self.clock() + timeout
         while True:
             self.reap_workers()
-            if self.watcher_pid is None:
+            if self.metrics_pid is None:
                 return True
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -808,7 +1061,8 @@ class Coordinator:
         self.stopping = True
         self._roll_queue.clear()
         self._rolling = None
-        self.stop_watcher()  # first: no SIGHUP may start a roll while we stop
+        self.stop_helpers()  # first: no SIGHUP may start a roll while we stop
+        self.stop_metrics_server()
         timeout = self.settings.graceful_timeout if graceful else self.QUICK_STOP_TIMEOUT
         log.info(
             "stopping %d workers (%s, up to %gs)",
@@ -855,7 +1109,8 @@ class Coordinator:
                 handle.pid,
                 extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
             )
-        self.reap_watcher()
+        self.reap_helpers()
+        self.reap_metrics_server()
         log.info("cluster stopped", extra={"action": "cluster_stopped", "pid": self.pid})
 
     def _close_heartbeats(self) -> None:

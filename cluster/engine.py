@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import crashpoints, db, graph, queries, steps
 from .clock import now as clock_now
-from .context import StepContext, step_logger
+from .context import StepContext, checkpoint_failure, step_logger
 from .errors import (
     AlreadyRecorded,
     InstanceTerminal,
@@ -686,7 +686,10 @@ class Engine:
     async def _reload_record(self, inst: Instance, key: str) -> None:
         async with self.pool.connection() as conn:
             rows = await (
-                await conn.execute(queries.get("get_records"), {"ids": [inst.id], "keys": [key]})
+                await conn.execute(
+                    queries.get("get_records"),
+                    {"rows": orjson.dumps([{"iid": inst.id, "key": key}]).decode()},
+                )
             ).fetchall()
         for _iid, step_key, kind, ok, value, guarantee in rows:
             self._recorded(inst, step_key, graph.Record(kind, ok, value, guarantee))
@@ -717,28 +720,9 @@ class Engine:
                 ),
             )
         except psycopg.Error as exc:
-            state = exc.sqlstate
-            if state == db.STALE_EPOCH:
-                raise StaleEpoch(db.primary_message(exc)) from exc
-            if state == db.INSTANCE_TERMINAL:
-                raise InstanceTerminal(db.primary_message(exc)) from exc
-            if state == db.CHECKPOINT_REFUSED:
-                raise StepFailed(
-                    f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id} '
-                    f"(dropped, renamed or no longer its submitter)"
-                ) from exc
-            if state == db.LOGIN_LOST:
-                raise StepFailed(
-                    f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}: '
-                    "it no longer has the LOGIN privilege"
-                ) from exc
-            if state == "42501":
-                raise StepFailed(
-                    f'role "{ctx.submitted_by}" may no longer run steps of instance {ctx.instance_id}: '
-                    f"df usage revoked or role dropped ({db.primary_message(exc)})"
-                ) from exc
-            if state == "23505":
-                raise AlreadyRecorded(key_message(ctx)) from exc
+            mapped = checkpoint_failure(ctx, exc)
+            if mapped is not None:
+                raise mapped from exc
             raise
 
     async def has_function_privilege(self, role: str, signature: str) -> bool:
@@ -753,10 +737,6 @@ class Engine:
 
 def _attempt(details: dict[str, Any] | None) -> int:
     return int(details.get("attempt", 0)) if details else 0
-
-
-def key_message(ctx: StepContext) -> str:
-    return f"step {ctx.key} of instance {ctx.instance_id} was already recorded"
 
 
 def _dumps(value: Any) -> str:

@@ -224,3 +224,28 @@ def durable_instance_failed(worker: Any, instance_id: str, error: str) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def durable_checkpoint_committed(worker: Any, records: int, seconds: float) -> None:
+    """The worker's checkpoint writer committed a batch (a group commit).
+
+    Called by: the worker's checkpoint batcher, once per successful flush,
+    after the commit and after the engine was told (the "ack"); a flush that
+    is retried after a lost connection calls it once, for the attempt that
+    committed. SQL steps that record their result inside their own
+    transaction (``ctx.commit_with_checkpoint``) do not go through it.
+    Called in: the worker process, on its event loop (keep it cheap: the
+    next flush waits for it).
+    Transaction: outside it (after the commit).
+
+    The built-in ``metrics`` plugin turns it into the
+    ``durable_checkpoint_commit_seconds`` histogram.
+
+    :param worker: the :class:`~durable_cluster.worker.Worker`.
+    :param records: how many step and decision records the transaction
+        wrote (0 for a flush of status changes and wake-up times only).
+    :param seconds: how long the transaction took, fence check to commit.
+
+    .. versionadded:: 0.1
+    """

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PLUGINS = (
     "durable_cluster.plugins.sql",
     "durable_cluster.plugins.http",
+    "durable_cluster.plugins.metrics",
     "durable_cluster.plugins.core",
 )
 ENTRY_POINT_GROUP = "durable_cluster"
@@ -88,6 +89,9 @@ class Plugins:
 
     def instance_failed(self, worker: Any, instance_id: str, error: str) -> None:
         self.manager.hook.durable_instance_failed(worker=worker, instance_id=instance_id, error=error)
+
+    def checkpoint_committed(self, worker: Any, records: int, seconds: float) -> None:
+        self.manager.hook.durable_checkpoint_committed(worker=worker, records=records, seconds=seconds)
 
     def describe(self) -> list[PluginInfo]:
         """Each plugin: where it came from, its version, its step kinds and hooks."""

@@ -53,6 +53,7 @@ class RolePools:
         self._max_user_connections = max_user_connections
         self._statement_timeout = statement_timeout
         self._idle: dict[tuple[str, str | None], list[tuple[float, psycopg.AsyncConnection[Any]]]] = {}
+        self._resetting: dict[asyncio.Task[None], tuple[str, str | None]] = {}
         self._open = 0
 
     @contextlib.asynccontextmanager
@@ -79,11 +80,19 @@ class RolePools:
             self._slots.release()
 
     async def _get(self, role: str, database: str | None) -> psycopg.AsyncConnection[Any]:
-        idle = self._idle.get((role, database))
-        while idle:
-            _, conn = idle.pop()
-            if not conn.closed:
-                return conn
+        key = (role, database)
+        while True:
+            idle = self._idle.get(key)
+            while idle:
+                _, conn = idle.pop()
+                if not conn.closed:
+                    return conn
+            # A connection of this key being reset is about to be idle: wait for it
+            # rather than opening (and authenticating) another one.
+            pending = [t for t, k in self._resetting.items() if k == key]
+            if not pending:
+                break
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         options = "-c df.in_workflow=true"
         if self._statement_timeout:
             options += f" -c statement_timeout={int(self._statement_timeout * 1000)}"
@@ -109,16 +118,27 @@ class RolePools:
     async def _put(
         self, role: str, database: str | None, conn: psycopg.AsyncConnection[Any], healthy: bool
     ) -> None:
+        """Give a connection back: reset it off the step's path, then make it idle."""
         if conn.closed:
             self._open -= 1
             return
+        task = asyncio.get_running_loop().create_task(self._reset(role, database, conn, healthy))
+        self._resetting[task] = (role, database)
+        task.add_done_callback(self._forget_reset)
+
+    def _forget_reset(self, task: asyncio.Task[None]) -> None:
+        self._resetting.pop(task, None)
+
+    async def _reset(
+        self, role: str, database: str | None, conn: psycopg.AsyncConnection[Any], healthy: bool
+    ) -> None:
         try:
             if not healthy or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.rollback()
             await conn.set_autocommit(True)
             await conn.execute("DISCARD ALL")
             await conn.set_autocommit(False)
-        except psycopg.Error:
+        except (psycopg.Error, asyncio.CancelledError):
             await conn.close()
             self._open -= 1
             return
@@ -142,6 +162,8 @@ class RolePools:
             self._idle[key] = keep
 
     async def close(self) -> None:
+        if self._resetting:
+            await asyncio.gather(*list(self._resetting), return_exceptions=True)
         await self.close_idle(older_than=-1.0)
 
     @property

@@ -116,7 +116,13 @@ class Worker:
             on_lost=self._lost,
             on_notify=self._notified,
         )
-        batcher = Batcher(db.runtime_conninfo(self.dsn), partitions.claim, partitions.lose)
+        plugins = self.plugins
+        batcher = Batcher(
+            db.runtime_conninfo(self.dsn),
+            partitions.claim,
+            partitions.lose,
+            on_commit=lambda records, seconds: plugins.checkpoint_committed(self, records, seconds),
+        )
         engine = self.engine = Engine(
             dsn=db.runtime_conninfo(self.dsn),
             settings=self.settings,

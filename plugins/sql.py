@@ -25,6 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
 from durable_cluster import StepContext, StepFailed, hookimpl
+from durable_cluster.context import checkpoint_failure
 from durable_cluster.encoding import UnsupportedColumnType, encode_rows
 from durable_cluster.errors import TransientStepError
 
@@ -51,18 +52,35 @@ async def run_sql(ctx: StepContext) -> Any:
             if not ctx.home_database:
                 return await _autocommit(ctx, conn, query)
             try:
-                async with conn.transaction():
-                    value = await _execute(conn, query)
-                    if conn.info.transaction_status != TransactionStatus.INTRANS:
-                        # The statement ended our transaction itself (COMMIT,
-                        # ROLLBACK): its effects stand on their own.
-                        return value
-                    await ctx.commit_with_checkpoint(conn, value)
-                return value
+                return await _exactly_once(ctx, conn, query)
             except NEEDS_AUTOCOMMIT:
                 return await _autocommit(ctx, conn, query)
     except psycopg.Error as exc:
         raise _classify(exc) from exc
+
+
+async def _exactly_once(ctx: StepContext, conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+    """BEGIN + the statement in one round trip, then checkpoint + COMMIT in another."""
+    checkpointing = False
+    try:
+        async with conn.pipeline() as pipeline, conn.transaction():
+            cur = conn.cursor(binary=True)
+            await cur.execute(query.encode(), binary=True)  # extended protocol: one statement only
+            await pipeline.sync()
+            value = await _encode(cur)
+            if conn.info.transaction_status != TransactionStatus.INTRANS:
+                # The statement ended our transaction itself (COMMIT, ROLLBACK):
+                # its effects stand on their own, recorded afterwards.
+                return value
+            checkpointing = True
+            await ctx.commit_with_checkpoint(conn, value)
+    except psycopg.Error as exc:
+        # The checkpoint's refusals surface when the pipeline syncs, with the COMMIT.
+        mapped = checkpoint_failure(ctx, exc) if checkpointing else None
+        if mapped is not None:
+            raise mapped from exc
+        raise
+    return value
 
 
 async def _autocommit(ctx: StepContext, conn: psycopg.AsyncConnection[Any], query: str) -> Any:
@@ -100,13 +118,17 @@ async def _check_role(ctx: StepContext, conn: psycopg.AsyncConnection[Any]) -> N
 async def _execute(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
     async with conn.cursor(binary=True) as cur:
         await cur.execute(query.encode(), binary=True)  # extended protocol: one statement only
-        if cur.description is None:
-            return {"rows": [], "row_count": 0}
-        rows = await cur.fetchall()
-        try:
-            return encode_rows(cur.description, rows)
-        except UnsupportedColumnType as exc:
-            raise StepFailed(str(exc)) from exc
+        return await _encode(cur)
+
+
+async def _encode(cur: psycopg.AsyncCursor[Any]) -> Any:
+    if cur.description is None:
+        return {"rows": [], "row_count": 0}
+    rows = await cur.fetchall()
+    try:
+        return encode_rows(cur.description, rows)
+    except UnsupportedColumnType as exc:
+        raise StepFailed(str(exc)) from exc
 
 
 def _classify(exc: psycopg.Error) -> Exception:

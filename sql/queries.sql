@@ -133,48 +133,63 @@ SELECT n.instance_id, n.id, n.status, n.status_details ->> 'execution_id' AS sco
 -- name: instance_status
 SELECT i.id, i.status FROM df.instances i WHERE i.id = ANY(%(ids)s)
 
--- name: get_records
-SELECT j.instance_id, j.step_key, j.kind, j.ok, j.value, j.guarantee
-  FROM durable.journal j
- WHERE (j.instance_id, j.step_key) IN (SELECT * FROM unnest(%(ids)s::text[], %(keys)s::text[]))
-
 -- name: fence_check
 SELECT durable.fence_check_v1(%(partitions)s, %(epochs)s, %(secrets)s) AS stale
 
--- name: insert_records
-INSERT INTO durable.journal (instance_id, step_key, kind, ok, value, guarantee)
-SELECT * FROM unnest(%(ids)s::text[], %(keys)s::text[], %(kinds)s::text[], %(oks)s::boolean[],
-                                %(values)s::jsonb[], %(guarantees)s::text[])
-ON CONFLICT DO NOTHING
-RETURNING instance_id, step_key
+-- name: fence_all
+-- The fence of a whole batch: raises DC001 if any claim is stale.
+SELECT durable.fence_all_v1(%(partitions)s, %(epochs)s, %(secrets)s)
 
--- name: consume_signals
-UPDATE durable.signals s
-   SET consumed_by = u.key
-  FROM unnest(%(signal_ids)s::bigint[], %(keys)s::text[]) AS u(id, key)
- WHERE s.id = u.id AND s.consumed_by IS NULL
+-- name: write_records
+-- One statement for a flush's journal records, fed one JSON array: insert them
+-- (a key recorded before keeps its stored value), and for the rows really
+-- inserted, mark the signals they consume and drop the finished loop scopes
+-- they replace. Returns the inserted keys.
+WITH input AS (
+    SELECT * FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb)
+        AS u(iid text, key text, kind text, ok boolean, value jsonb, guarantee text, signal bigint,
+             drops text[])
+), inserted AS (
+    INSERT INTO durable.journal (instance_id, step_key, kind, ok, value, guarantee)
+    SELECT i.iid, i.key, i.kind, i.ok, i.value, i.guarantee FROM input i
+    ON CONFLICT DO NOTHING
+    RETURNING instance_id, step_key
+), consumed AS (
+    UPDATE durable.signals s
+       SET consumed_by = i.key
+      FROM input i JOIN inserted n ON n.instance_id = i.iid AND n.step_key = i.key
+     WHERE i.signal IS NOT NULL AND s.id = i.signal AND s.consumed_by IS NULL
+), dropped AS (
+    DELETE FROM durable.journal j
+     USING input i JOIN inserted n ON n.instance_id = i.iid AND n.step_key = i.key
+     CROSS JOIN LATERAL unnest(i.drops) AS d(prefix)
+     WHERE i.drops IS NOT NULL AND j.instance_id = i.iid AND pg_catalog.starts_with(j.step_key, d.prefix)
+)
+SELECT instance_id, step_key FROM inserted
 
--- name: drop_records
-DELETE FROM durable.journal j
- USING unnest(%(ids)s::text[], %(prefixes)s::text[]) AS u(iid, prefix)
- WHERE j.instance_id = u.iid AND pg_catalog.starts_with(j.step_key, u.prefix)
+-- name: get_records
+SELECT j.instance_id, j.step_key, j.kind, j.ok, j.value, j.guarantee
+  FROM durable.journal j
+  JOIN pg_catalog.jsonb_to_recordset(%(rows)s::jsonb) AS u(iid text, key text)
+    ON j.instance_id = u.iid AND j.step_key = u.key
 
 -- name: stamp_nodes
 UPDATE df.nodes n
-   SET status = u.status, result = u.result,
+   SET status = u.status, result = CASE WHEN u.status = 'running' THEN NULL ELSE u.result END,
        status_details = pg_catalog.jsonb_build_object('execution_id', u.scope) || coalesce(u.details, '{}'),
        updated_at = pg_catalog.now()
-  FROM unnest(%(ids)s::text[], %(nodes)s::text[], %(statuses)s::text[], %(results)s::jsonb[],
-                         %(scopes)s::text[], %(details)s::jsonb[]) AS u(iid, nid, status, result, scope, details)
+  FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb)
+       AS u(iid text, nid text, status text, result jsonb, scope text, details jsonb)
  WHERE n.instance_id = u.iid AND n.id = u.nid
 
 -- name: made_progress
 -- These instances wrote a checkpoint: they are not the ones killing workers.
-UPDATE durable.runs SET crashes = 0 WHERE instance_id = ANY(%(ids)s) AND crashes > 0
+UPDATE durable.runs SET crashes = 0
+ WHERE crashes > 0 AND instance_id IN (SELECT pg_catalog.jsonb_array_elements_text(%(ids)s::jsonb))
 
 -- name: mark_running
 UPDATE df.instances SET status = 'running', updated_at = pg_catalog.now()
- WHERE id = ANY(%(ids)s) AND status = 'pending'
+ WHERE id IN (SELECT pg_catalog.jsonb_array_elements_text(%(ids)s::jsonb)) AND status = 'pending'
 
 -- name: set_wake
 -- Park instances until their next timer (NULL: until a signal). A signal or a
@@ -183,31 +198,32 @@ UPDATE durable.runs r
    SET wake_at = CASE
          WHEN EXISTS (SELECT 1 FROM durable.signals s
                        WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL AND s.id > u.seen
-                         AND w.wake IS DISTINCT FROM 'infinity')
-           OR (w.wake IS DISTINCT FROM 'infinity'
+                         AND u.wake IS DISTINCT FROM 'infinity')
+           OR (u.wake IS DISTINCT FROM 'infinity'
                AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = r.instance_id AND i.status = 'cancelled'))
          THEN pg_catalog.now()
-         ELSE w.wake END,
+         ELSE u.wake END,
        crashes = 0
-  FROM unnest(%(ids)s::text[], %(wakes)s::text[], %(seen)s::bigint[]) AS u(iid, wake_text, seen)
-  CROSS JOIN LATERAL (SELECT NULLIF(u.wake_text, '')::timestamptz AS wake) AS w
+  FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb) AS u(iid text, wake timestamptz, seen bigint)
  WHERE r.instance_id = u.iid
 
 -- name: finish_instances
-UPDATE df.instances i
-   SET status = u.status, updated_at = pg_catalog.now(),
-       completed_at = CASE WHEN u.status = 'completed' THEN pg_catalog.now() END
-  FROM unnest(%(ids)s::text[], %(statuses)s::text[]) AS u(iid, status)
- WHERE i.id = u.iid AND i.status NOT IN ('completed', 'failed', 'cancelled')
-
--- name: delete_runs
-DELETE FROM durable.runs WHERE instance_id = ANY(%(ids)s)
-
--- name: delete_journal
-DELETE FROM durable.journal WHERE instance_id = ANY(%(ids)s)
-
--- name: delete_signals
-DELETE FROM durable.signals WHERE instance_id = ANY(%(ids)s)
+-- Terminal: the status (unless the instance already is terminal, e.g. cancelled)
+-- and away with the runtime rows.
+WITH input AS (
+    SELECT * FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb) AS u(iid text, status text)
+), finished AS (
+    UPDATE df.instances i
+       SET status = u.status, updated_at = pg_catalog.now(),
+           completed_at = CASE WHEN u.status = 'completed' THEN pg_catalog.now() END
+      FROM input u
+     WHERE i.id = u.iid AND u.status IS NOT NULL AND i.status NOT IN ('completed', 'failed', 'cancelled')
+), gone_runs AS (
+    DELETE FROM durable.runs r USING input u WHERE r.instance_id = u.iid
+), gone_journal AS (
+    DELETE FROM durable.journal j USING input u WHERE j.instance_id = u.iid
+)
+DELETE FROM durable.signals s USING input u WHERE s.instance_id = u.iid
 
 -- name: try_reconcile_lock
 -- One reconciler per database at a time (transaction-level lock).

@@ -16,7 +16,9 @@ import contextlib
 import itertools
 import os
 import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -28,7 +30,6 @@ from durable_cluster import embedded, schema
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 TEMPLATE = "dc_template"
 TEST_PARTITIONS = 8
@@ -79,7 +80,9 @@ def pg_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if test_dsn:
         yield Server(str(test_dsn))
         return
-    data_dir: Path = tmp_path_factory.mktemp("pg")
+    # Not under pytest's numbered basetemp: another pytest session on the machine
+    # prunes old numbered directories and would delete a live server's data.
+    data_dir = Path(tempfile.mkdtemp(prefix="durable-test-pg-"))
     pg = embedded.EmbeddedPostgres(data_dir, fsync=False, settings={"max_connections": "400"})
     pg.start()
     try:
