@@ -4,8 +4,8 @@ A step's SQL runs on a connection that *logged in* as the role that started
 the instance (not ``SET ROLE`` from a privileged session), so ``RESET ROLE``,
 ``SET ROLE`` or ``SET SESSION AUTHORIZATION`` inside a step gain nothing.
 Connections are reused per (role, database) and reset between uses with
-``DISCARD ALL``; ``df.in_workflow`` is a startup option, so the reset keeps
-it. Idle connections close after ``IDLE_SECONDS``.
+everything ``DISCARD ALL`` does but dropping cached plans (see ``RESET``);
+``df.in_workflow`` is a startup option, so the reset keeps it. Idle connections close after ``IDLE_SECONDS``.
 
 This is a small pool of its own rather than psycopg_pool: a role that cannot
 log in must fail its step at once with the server's reason, where a
@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IDLE_SECONDS = 60.0
+#: DISCARD ALL without DISCARD PLANS: every piece of session state a step can
+#: leave behind (role, settings, cursors, prepared statements, LISTEN, advisory
+#: locks, temporary objects, sequence state), while the server keeps its
+#: cached plans (of the checkpoint function, above all) from step to step.
+RESET = (
+    b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;"
+    b" SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
 MAX_IDLE_PER_KEY = 8
 #: SQLSTATEs at connect time that are the role's or database's fault, not a glitch.
 PERMANENT_CONNECT_ERRORS = ("28", "3D", "42")
@@ -136,7 +144,7 @@ class RolePools:
             if not healthy or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.rollback()
             await conn.set_autocommit(True)
-            await conn.execute("DISCARD ALL")
+            await conn.execute(RESET)
             await conn.set_autocommit(False)
         except (psycopg.Error, asyncio.CancelledError):
             await conn.close()
