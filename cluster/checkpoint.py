@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: How long a "running" node stamp waits before it is written; most steps finish sooner.
+#: How long a "running" mark (a node's stamp, an instance's status) waits before
+#: it is written on its own; most steps finish sooner, and a mark whose instance
+#: writes anything else meanwhile goes along with that write.
 RUNNING_STAMP_DELAY = 0.25  # seconds
 
 
@@ -77,6 +79,13 @@ class _Batch:
         found.update(self.running.values())
         found.update(v[0] for v in self.wakes.values())
         found.update(v[0] for v in self.finishes.values())
+        return found
+
+    def instances(self) -> set[str]:
+        found = {iid for _, iid, _ in self.records}
+        found.update(iid for iid, _ in self.stamps)
+        found.update(self.wakes)
+        found.update(self.finishes)
         return found
 
     def empty(self) -> bool:
@@ -119,6 +128,7 @@ class Batcher:
         self.flushes = 0
         self.records_written = 0
         self._running: dict[tuple[str, str], tuple[float, tuple[int, str, Any, str, Any]]] = {}
+        self._running_instances: dict[str, tuple[float, int]] = {}  # instance -> (due, partition)
         self._running_timer: asyncio.TimerHandle | None = None
 
     # -- queueing (synchronous, called from the event loop) ------------------------
@@ -156,26 +166,43 @@ class Batcher:
         self._kick()
 
     def _schedule_running(self) -> None:
-        if self._running_timer is None and self._running:
-            due = min(d for d, _ in self._running.values())
+        if self._running_timer is None and (self._running or self._running_instances):
+            due = min(
+                [d for d, _ in self._running.values()] + [d for d, _ in self._running_instances.values()]
+            )
             delay = max(0.0, due - time.monotonic())
             self._running_timer = asyncio.get_running_loop().call_later(delay, self._promote_running)
 
     def _promote_running(self, everything: bool = False) -> None:
-        """Move the running stamps that waited long enough into the next flush."""
+        """Move the running marks that waited long enough into the next flush."""
         self._running_timer = None
         now = time.monotonic()
         ready = [k for k, (due, _) in self._running.items() if everything or due <= now]
         for key in ready:
             _, value = self._running.pop(key)
             self._batch.stamps.setdefault(key, value)
-        if ready:
+        instances = [i for i, (due, _) in self._running_instances.items() if everything or due <= now]
+        for iid in instances:
+            _, partition = self._running_instances.pop(iid)
+            self._batch.running[iid] = partition
+        if ready or instances:
             self._kick()
         self._schedule_running()
 
     def running(self, partition: int, instance_id: str) -> None:
-        self._batch.running[instance_id] = partition
-        self._kick()
+        """Mark a pending instance running (after ``RUNNING_STAMP_DELAY``, or with its next write)."""
+        self._running_instances[instance_id] = (time.monotonic() + RUNNING_STAMP_DELAY, partition)
+        self._schedule_running()
+
+    def _take_batch(self) -> _Batch:
+        """The batch to flush now, with the running marks of instances it writes anyway."""
+        batch, self._batch = self._batch, _Batch()
+        if self._running_instances:
+            for iid in batch.instances():
+                pending = self._running_instances.pop(iid, None)
+                if pending is not None and iid not in batch.finishes:
+                    batch.running[iid] = pending[1]
+        return batch
 
     def wake(self, partition: int, instance_id: str, at: float | None, seen_signal: int) -> None:
         """Park the instance until ``at`` (``None``: until a signal or a cancel arrives)."""
@@ -219,8 +246,7 @@ class Batcher:
                     self._wakeup.clear()
                     await _first(self._wakeup.wait(), stop.wait())
                     continue
-                batch, self._batch = self._batch, _Batch()
-                await self._flush(batch)
+                await self._flush(self._take_batch())
         finally:
             if self._conn is not None:
                 await self._conn.close()

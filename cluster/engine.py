@@ -144,24 +144,7 @@ class Engine:
         if not claims:
             return 0
         async with self.pool.connection() as conn:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    queries.get("fence_check"),
-                    {
-                        "partitions": [c.partition for c in claims],
-                        "epochs": [c.epoch for c in claims],
-                        "secrets": [c.secret for c in claims],
-                    },
-                )
-                row = await cur.fetchone()
-                stale = set(row[0]) if row and row[0] else set()
-                current = [c.partition for c in claims if c.partition not in stale]
-                runs = await (
-                    await conn.execute(queries.get("load_runs"), {"ids": ids, "partitions": current})
-                ).fetchall()
-            journal_rows = await (await conn.execute(queries.get("load_journal"), {"ids": ids})).fetchall()
-            signal_rows = await (await conn.execute(queries.get("load_signals"), {"ids": ids})).fetchall()
-            stamp_rows = await (await conn.execute(queries.get("load_stamps"), {"ids": ids})).fetchall()
+            runs, journal_rows, signal_rows, stamp_rows = await self._read_instances(conn, ids, claims)
         journals: dict[str, graph.Journal] = {}
         for iid, key, kind, ok, value, guarantee in journal_rows:
             journals.setdefault(iid, graph.Journal()).add(key, graph.Record(kind, ok, value, guarantee))
@@ -231,6 +214,51 @@ class Engine:
             loaded += 1
             self.advance(inst)
         return loaded
+
+    async def _read_instances(
+        self, conn: psycopg.AsyncConnection[Any], ids: list[str], claims: list[Claim]
+    ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """Mark these instances as in memory and read them, in one transaction.
+
+        The usual case is one round trip: fence, mark and reads sent as one
+        pipeline. A stale claim aborts it; then the partitions still current
+        are found first and only their instances are taken. The transaction
+        commits asynchronously: the 'infinity' mark is a hint for schedulers,
+        not state (a database crash that loses it makes every worker reload).
+        """
+        partitions = [c.partition for c in claims]
+        fence = {
+            "partitions": partitions,
+            "epochs": [c.epoch for c in claims],
+            "secrets": [c.secret for c in claims],
+        }
+        reads = ("load_journal", "load_signals", "load_stamps")
+        try:
+            async with conn.pipeline() as pipeline, conn.transaction():
+                await conn.execute(queries.get("async_commit"))
+                await conn.execute(queries.get("fence_all"), fence)
+                cursors = [
+                    await conn.execute(queries.get("load_runs"), {"ids": ids, "partitions": partitions})
+                ]
+                cursors += [await conn.execute(queries.get(name), {"ids": ids}) for name in reads]
+                await pipeline.sync()
+                runs, journal, signals, stamps = [await cur.fetchall() for cur in cursors]
+                return runs, journal, signals, stamps
+        except psycopg.Error as exc:
+            if exc.sqlstate != db.STALE_EPOCH:
+                raise
+        async with conn.transaction():
+            await conn.execute(queries.get("async_commit"))
+            row = await (await conn.execute(queries.get("fence_check"), fence)).fetchone()
+            stale = set(row[0]) if row and row[0] else set()
+            current = [p for p in partitions if p not in stale]
+            runs = await (
+                await conn.execute(queries.get("load_runs"), {"ids": ids, "partitions": current})
+            ).fetchall()
+            results = [
+                await (await conn.execute(queries.get(name), {"ids": ids})).fetchall() for name in reads
+            ]
+        return runs, results[0], results[1], results[2]
 
     def _fail_unloaded(self, partition: int, iid: str, root_node: str, message: str) -> None:
         logger.warning(

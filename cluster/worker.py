@@ -64,6 +64,7 @@ class Worker:
         self.engine: Engine | None = None
         self.partitions: PartitionManager | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._to_load: dict[str, None] = {}  # notified instances, in order, loaded together
 
     # -- process entry ------------------------------------------------------------------
 
@@ -234,7 +235,21 @@ class Worker:
         if instance_id in self.engine.active:
             self._background(self.engine.poke(instance_id))
         elif not self.engine.stopping:
-            self._background(self.engine.load([instance_id]))
+            # A burst of notifications (one df.start transaction, many instances)
+            # becomes one load per LOAD_BATCH, once the burst has been read.
+            if not self._to_load:
+                asyncio.get_running_loop().call_soon(self._load_notified)
+            self._to_load[instance_id] = None
+
+    def _load_notified(self) -> None:
+        assert self.engine is not None and self.wakeup is not None
+        ids, self._to_load = list(self._to_load), {}
+        room = max(0, MAX_ACTIVE - len(self.engine.active))
+        if len(ids) > room:  # the rest stays due: the scheduler loads it when there is room
+            ids = ids[:room]
+            self.wakeup.set()
+        for start in range(0, len(ids), LOAD_BATCH):
+            self._background(self.engine.load(ids[start : start + LOAD_BATCH]))
 
     def _background(self, work: Any) -> None:
         """Run ``work`` as a task kept alive until it finishes (wake-ups from NOTIFY)."""

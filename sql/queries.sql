@@ -99,6 +99,10 @@ UPDATE durable.runs r
         OR EXISTS (SELECT 1 FROM df.instances i WHERE i.id = r.instance_id
                     AND i.status IN ('completed', 'failed', 'cancelled')))
 
+-- name: async_commit
+-- For transactions whose writes may be lost in a database crash without harm.
+SET LOCAL synchronous_commit = off
+
 -- name: load_runs
 -- Take these instances into the worker's memory ('infinity': due for nobody
 -- else) and read what running them needs. Run after fence_check in the same
