@@ -124,6 +124,15 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0,
     ),
     Option(
+        "respawn_backoff",
+        float,
+        30.0,
+        "Longest pause before respawning a worker whose predecessors in its slot kept dying young "
+        "(3 in a row within 5 s of their start: 0.25 s, doubling per further death); 0 respawns at once.",
+        RUN,
+        minimum=0,
+    ),
+    Option(
         "heartbeat_timeout",
         float,
         30.0,
@@ -374,6 +383,7 @@ class Settings:
     workers: int | None = None
     pin: bool = True
     graceful_timeout: float = 30.0
+    respawn_backoff: float = 30.0
     heartbeat_timeout: float = 30.0
     step_statement_timeout: float = 3600.0
     max_user_connections: int = 10

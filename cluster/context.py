@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     import psycopg
 
@@ -78,6 +78,9 @@ class StepContext:
     #: the worker's settings (read-only), e.g. the HTTP guard's options.
     settings: Settings | None = field(default=None, repr=False)
     _services: StepServices | None = field(default=None, repr=False)
+    #: poison detection for SQL steps: awaited once the step holds its execution
+    #: slot, so a step still queued for one when its worker dies is not blamed.
+    _before_execute: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:

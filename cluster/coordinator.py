@@ -23,7 +23,8 @@ HUP      rolling restart, slot by slot: spawn the next generation, wait for its
          first heartbeat, then TERM (drain) the old worker
 TTIN     add a slot
 TTOU     remove the highest slot (its worker is TERMed and drains)
-USR1     reopen logs (a no-op: logs go to stderr)
+USR1     reopen logs (a no-op: logs go to stderr); sent *to workers* by the
+         coordinator when a worker dies: claim its partitions now
 USR2     logged and ignored (no binary upgrade)
 ======== ================================================================
 
@@ -229,6 +230,13 @@ class Coordinator:
     KILL_REAP_TIMEOUT = 5.0  # seconds to wait for SIGKILLed workers to be reaped
     WATCHER_STOP_TIMEOUT = 5.0  # seconds between TERM and SIGKILL for a helper process at shutdown
     WATCHER_MIN_UPTIME = 10.0  # seconds: a helper dying sooner is not respawned (it would loop)
+    #: A worker that dies sooner than this after its spawn died young. After
+    #: RESPAWN_FREE_DEATHS young deaths in a row (enough for --poison-threshold
+    #: to find a poison step), its slot waits RESPAWN_BACKOFF before the next
+    #: respawn, doubled per further young death up to settings.respawn_backoff.
+    RESPAWN_MIN_UPTIME = 5.0  # seconds
+    RESPAWN_FREE_DEATHS = 3
+    RESPAWN_BACKOFF = 0.25  # seconds
 
     def __init__(
         self,
@@ -262,6 +270,8 @@ class Coordinator:
         self._roll_queue: deque[int] = deque()
         self._rolling: _PendingRoll | None = None
         self._lost_slots: set[int] = set()  # slots whose worker died: next spawn is a respawn
+        self._quick_deaths: dict[int, int] = {}  # slot -> workers in a row that died young
+        self._respawn_at: dict[int, float] = {}  # slot -> clock time before which it stays empty
         self._wakeup: tuple[int, int] | None = None  # self-pipe (read, write)
         self._saved_wakeup_fd = -1
         self._saved_handlers: dict[int, Any] = {}
@@ -338,6 +348,8 @@ class Coordinator:
         if timeout is None:
             rolling = self._rolling is not None or bool(self._roll_queue)
             timeout = self.ROLL_POLL_INTERVAL if rolling else self.LOOP_TIMEOUT
+            if self._respawn_at:
+                timeout = max(0.0, min(timeout, min(self._respawn_at.values()) - self.clock()))
         for signum in self.wait_for_signals(timeout):
             self.dispatch(signum)
         if self._stop_request is not None:
@@ -499,7 +511,12 @@ class Coordinator:
 
     def spawn_workers(self) -> None:
         """Fill every empty slot, pausing a random fraction of SPAWN_JITTER in between."""
-        missing = [slot for slot in range(self.num_workers) if slot not in self.slots]
+        now = self.clock()
+        missing = [
+            slot
+            for slot in range(self.num_workers)
+            if slot not in self.slots and self._respawn_at.get(slot, now) <= now
+        ]
         for index, slot in enumerate(missing):
             if index:
                 self.sleep(random.uniform(0, self.SPAWN_JITTER))
@@ -553,6 +570,7 @@ class Coordinator:
         self.slots[slot] = handle
         respawn = slot in self._lost_slots
         self._lost_slots.discard(slot)
+        self._respawn_at.pop(slot, None)
         if respawn:
             self.count_restart(slot)
         log.info(
@@ -654,6 +672,41 @@ class Coordinator:
             log.log(level, "worker[%d] (pid %d) exited (code %d)", slot, pid, code, extra=extra)
         if owner and not self.stopping:
             self._lost_slots.add(slot)  # manage_workers respawns it
+            self._back_off(handle)
+        if not self.stopping:
+            self.poke_workers()
+
+    def _back_off(self, handle: WorkerHandle) -> None:
+        """Delay the respawn of a slot whose workers keep dying young (crash loop)."""
+        slot = handle.slot
+        if self.clock() - handle.spawned_at >= self.RESPAWN_MIN_UPTIME:
+            self._quick_deaths.pop(slot, None)
+            return
+        deaths = self._quick_deaths[slot] = self._quick_deaths.get(slot, 0) + 1
+        ceiling = self.settings.respawn_backoff
+        if deaths <= self.RESPAWN_FREE_DEATHS or ceiling <= 0:
+            return
+        delay = min(ceiling, self.RESPAWN_BACKOFF * 2 ** (deaths - self.RESPAWN_FREE_DEATHS - 1))
+        self._respawn_at[slot] = self.clock() + delay
+        log.warning(
+            "worker[%d] died %d times in a row within %gs of its start: respawning in %gs",
+            slot,
+            deaths,
+            self.RESPAWN_MIN_UPTIME,
+            delay,
+            extra={"action": "worker_crash_loop", "slot": slot, "deaths": deaths, "delay": delay},
+        )
+
+    def poke_workers(self) -> None:
+        """A worker is gone: SIGUSR1 the booted ones, which claim its partitions now.
+
+        Without the poke they would notice at their next partition scan. Workers
+        start with USR1 ignored (:func:`process.run_worker`) until they handle it.
+        """
+        for handle in list(self.workers.values()):
+            if handle.booted and handle.stop_deadline is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGUSR1)
 
     def _boot_failed(self, handle: WorkerHandle, code: int) -> None:
         """A slot owner exited with a boot/plugin error: fall back to the old generation or halt."""

@@ -563,6 +563,12 @@ class Engine:
             self._record_step(inst, key, graph.Record("step", False, message, None))
             return
         marker = graph.NewRecord(f"{prefix}{runs + 1}", graph.Record("inflight", True, {"run": runs + 1}))
+        if ctx.kind == "sql":
+            # A SQL step may wait for an execution slot first: it is marked once it
+            # holds one (submitter_connection), since only then can it be the culprit.
+            ctx._before_execute = functools.partial(self._mark_running, inst, marker)
+            inst.in_flight[key] = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
+            return
         pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.in_flight[key] = pending
 
@@ -580,6 +586,23 @@ class Engine:
             inst.in_flight[key] = task
 
         self.batcher.records(inst.partition, inst.id, [marker], marked)
+
+    async def _mark_running(self, inst: Instance, marker: graph.NewRecord) -> None:
+        """Write ``marker`` (see :meth:`_start_marked`) and wait until it is durable."""
+        done: asyncio.Future[dict[str, graph.Record] | None] = asyncio.get_running_loop().create_future()
+
+        def marked(committed: dict[str, graph.Record] | None) -> None:
+            if not done.done():
+                done.set_result(committed)
+
+        self.batcher.records(inst.partition, inst.id, [marker], marked)
+        committed = await done
+        if committed is None:  # the partition is gone: so is the instance, here
+            self._close(inst)
+        if committed is None or inst.closed:
+            raise asyncio.CancelledError
+        for marker_key, record in committed.items():
+            inst.run.journal.add(marker_key, record)
 
     async def _run_step(self, inst: Instance, request: graph.StepRequest, ctx: StepContext) -> None:
         key = request.key
@@ -727,6 +750,9 @@ class Engine:
     @contextlib.asynccontextmanager
     async def submitter_connection(self, ctx: StepContext) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self.roles.connection(ctx.submitted_by, ctx.database) as conn:
+            if ctx._before_execute is not None:
+                before, ctx._before_execute = ctx._before_execute, None
+                await before()
             yield conn
 
     async def checkpoint_in(self, ctx: StepContext, conn: psycopg.AsyncConnection[Any], value: Any) -> None:

@@ -19,6 +19,9 @@ MIGRATION_LOCK = (MIGRATE_NS, 0)
 
 #: LISTEN/NOTIFY channel: payload "<partition>" or "<partition>:<instance id>".
 WAKE_CHANNEL = "durable_wake"
+#: A payload on WAKE_CHANNEL: a worker is gone, every worker looks for free
+#: partitions now (sent by a worker its coordinator pokes with SIGUSR1).
+REBALANCE = "rebalance"
 
 
 def partition_of(instance_id: str, partitions: int) -> int:

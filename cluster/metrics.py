@@ -76,6 +76,7 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_BIND = "127.0.0.1:9464"
 STATE_FILE = "coordinator.json"  # the coordinator's counters, next to the workers' *.db files
 STATEMENT_TIMEOUT_MS = 5000  # a scrape never waits long on the database
+COLLECT_ATTEMPTS = 3  # encodings tried when a worker's file vanishes mid-scrape
 PARENT_POLL = 1.0  # seconds between checks that the coordinator lives
 INSTANCE_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 RUN_STATES = ("due", "in_memory", "scheduled", "waiting")
@@ -320,12 +321,23 @@ class MetricsHandler(BaseHTTPRequestHandler):
             return
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         try:
-            body = encoder(self.registry)
+            body = self._collect(encoder)
         except Exception:
             log.exception("metrics: a collector failed", extra={"action": "metrics_scrape_failed"})
             self._reply(500, b"collecting the metrics failed; see the server log\n", "text/plain")
             return
         self._reply(200, body, content_type)
+
+    def _collect(self, encoder: Any) -> bytes:
+        """Encode the registry; a dead worker's files vanish between listing and reading: try again."""
+        for _ in range(COLLECT_ATTEMPTS - 1):
+            try:
+                body: bytes = encoder(self.registry)
+            except FileNotFoundError:
+                continue
+            return body
+        last: bytes = encoder(self.registry)
+        return last
 
     def _reply(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)

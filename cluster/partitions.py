@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 0.25  # seconds between looks at membership and free partitions
+#: After a ``rebalance`` notification (a worker died, see :data:`keys.REBALANCE`),
+#: look this often for a while: the dead worker's backend may take a few
+#: milliseconds to notice and free its locks.
+FAST_SCAN_INTERVAL = 0.02  # seconds
+FAST_SCAN_WINDOW = 1.0  # seconds
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeat rows
 #: Right after boot, assume every worker of this host will join soon, so the
 #: first worker up does not grab everything only to hand most of it back.
@@ -83,6 +88,8 @@ class PartitionManager:
         self._booted = time.monotonic()
         self._last_heartbeat = 0.0
         self._ready_marked = False
+        self._fast_until = 0.0  # monotonic time until which the scan runs every FAST_SCAN_INTERVAL
+        self._grace_over = False  # STARTUP_GRACE ends early once every local worker is live
         self.connected = asyncio.Event()
         self.poke = asyncio.Event()
 
@@ -100,7 +107,7 @@ class PartitionManager:
             try:
                 await self._connect(stop)
                 while not stop.is_set():
-                    await self._listen(SCAN_INTERVAL)
+                    await self._listen(self._scan_interval())
                     if stop.is_set():
                         break
                     await self._balance()
@@ -132,6 +139,7 @@ class PartitionManager:
         )
         await conn.execute(queries.get("prune_member"), {"member_key": self.member_key, "id": self.worker_id})
         await conn.execute(f"LISTEN {keys.WAKE_CHANNEL}")
+        self.poke.set()  # balance at once, not after the first scan interval
         self.connected.set()
         logger.info(
             "worker %s joined as member %d",
@@ -149,17 +157,37 @@ class PartitionManager:
                 return key
         raise RuntimeError("no free membership key")
 
+    def _scan_interval(self) -> float:
+        return FAST_SCAN_INTERVAL if time.monotonic() < self._fast_until else SCAN_INTERVAL
+
     async def _listen(self, timeout: float) -> None:
-        assert self._conn is not None
+        """Hand notifications to ``on_notify`` for ``timeout`` seconds; return early to rebalance."""
+        conn = self._conn
+        assert conn is not None
         if self.poke.is_set():
             self.poke.clear()
             timeout = 0.0
-        async for notify in self._conn.notifies(timeout=timeout, stop_after=1000):
-            self.on_notify(notify.payload)
+        deadline = time.monotonic() + timeout
+        while True:
+            rebalance = False
+            # stop_after=1: return after each packet (all of its notifications
+            # are yielded), so a rebalance request is acted on at once.
+            async for notify in conn.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1):
+                if notify.payload == keys.REBALANCE:
+                    rebalance = True
+                else:
+                    self.on_notify(notify.payload)
+            if rebalance:
+                self._fast_until = time.monotonic() + FAST_SCAN_WINDOW
+                return
+            if time.monotonic() >= deadline:
+                return
 
     def target(self) -> int:
         live = self.live
-        if time.monotonic() - self._booted < STARTUP_GRACE:
+        if live >= self.local_workers:
+            self._grace_over = True  # everyone came: a later drop in live is a death, act on it
+        if not self._grace_over and time.monotonic() - self._booted < STARTUP_GRACE:
             live = max(live, self.local_workers)
         if self.state != "running":
             return 0
@@ -181,49 +209,62 @@ class PartitionManager:
         held = {int(r[0]) for r in await (await conn.execute(queries.get("held_partitions"))).fetchall()}
         free = [p for p in range(self.total) if p not in held and p not in self.claims]
         random.shuffle(free)
-        for partition in free[: target - len(self.claims)]:
-            await self._claim(partition)
+        if free:
+            await self._claim(free[: target - len(self.claims)])
 
-    async def _claim(self, partition: int) -> None:
+    async def _claim(self, candidates: list[int]) -> None:
+        """Lock what is still free of ``candidates`` and take it over, in one transaction.
+
+        Claiming all of a dead worker's partitions at once keeps recovery to a
+        few round trips however many partitions it held.
+        """
         conn = self._conn
         assert conn is not None
-        row = await (
-            await conn.execute(queries.get("try_lock_partition"), {"partition": partition})
-        ).fetchone()
-        if not row or not row[0]:
+        rows = await (
+            await conn.execute(queries.get("try_lock_partitions"), {"partitions": candidates})
+        ).fetchall()
+        locked = sorted(int(row[0]) for row in rows)
+        if not locked:
             return
-        secret = secrets.token_bytes(32)
+        secrets_by_partition = {partition: secrets.token_bytes(32) for partition in locked}
         async with conn.transaction():
-            await conn.execute(queries.get("fence_exclusive"), {"partition": partition})
+            await conn.execute(queries.get("fence_exclusive"), {"partitions": locked})
             bumped = await (
                 await conn.execute(
                     queries.get("bump_epoch"),
-                    {"partition": partition, "worker_id": self.worker_id, "secret": secret},
+                    {
+                        "partitions": locked,
+                        "secrets": [secrets_by_partition[p] for p in locked],
+                        "worker_id": self.worker_id,
+                    },
                 )
-            ).fetchone()
-            await conn.execute(queries.get("wake_recovered"), {"partition": partition})
-        if bumped is None:
-            await conn.execute(queries.get("unlock_partition"), {"partition": partition})
-            logger.error("partition %d does not exist in durable.partitions", partition)
-            return
-        self.claims[partition] = Claim(partition, int(bumped[0]), secret)
-        logger.debug(
-            "claimed partition %d (epoch %d)",
-            partition,
-            bumped[0],
-            extra={"action": "partition_claimed", "partition": partition},
-        )
-        if not self._ready_marked:
+            ).fetchall()
+            await conn.execute(queries.get("wake_recovered"), {"partitions": locked})
+        epochs = {int(partition): int(epoch) for partition, epoch in bumped}
+        missing = [partition for partition in locked if partition not in epochs]
+        if missing:
+            await conn.execute(queries.get("unlock_partitions"), {"partitions": missing})
+            logger.error("partitions %s do not exist in durable.partitions", missing)
+        for partition, epoch in sorted(epochs.items()):
+            self.claims[partition] = Claim(partition, epoch, secrets_by_partition[partition])
+            logger.debug(
+                "claimed partition %d (epoch %d)",
+                partition,
+                epoch,
+                extra={"action": "partition_claimed", "partition": partition},
+            )
+        if epochs and not self._ready_marked:
             await conn.execute(queries.get("mark_ready"))
             self._ready_marked = True
-        await self.on_claimed(partition)
+        for partition in sorted(epochs):
+            await self.on_claimed(partition)
 
     async def _release(self, partition: int) -> None:
         """Drain the partition's in-flight steps, then let it go."""
         await self.on_release(partition)
         self.claims.pop(partition, None)
         if self._conn is not None and not self._conn.closed:
-            await self._conn.execute(queries.get("unlock_partition"), {"partition": partition})
+            await self._conn.execute(queries.get("unlock_partitions"), {"partitions": [partition]})
         logger.debug(
             "released partition %d",
             partition,
@@ -280,9 +321,8 @@ class PartitionManager:
         if conn is None or conn.closed:
             return
         try:
-            for partition in list(self.claims):
-                await conn.execute(queries.get("unlock_partition"), {"partition": partition})
-                self.claims.pop(partition, None)
+            await conn.execute(queries.get("unlock_partitions"), {"partitions": sorted(self.claims)})
+            self.claims.clear()
             await conn.execute(queries.get("remove_worker"), {"id": self.worker_id})
         except psycopg.Error as exc:
             logger.warning(

@@ -72,7 +72,9 @@ def run_worker(
     """
     code = EXIT_CRASH
     try:
-        reset_signals(signals, mask)
+        # SIGUSR1 is the coordinator's "a worker died, rebalance now" poke: harmless
+        # to a target that does not handle it (the default action would kill it).
+        reset_signals(signals, mask, ignored=(signal.SIGUSR1,))
         for fd in close_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -142,8 +144,12 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def reset_signals(signals: Iterable[int], mask: Iterable[int | signal.Signals] | None = None) -> None:
-    """Give ``signals`` their default disposition, drop the wakeup fd, restore ``mask``.
+def reset_signals(
+    signals: Iterable[int],
+    mask: Iterable[int | signal.Signals] | None = None,
+    ignored: Iterable[int] = (),
+) -> None:
+    """Give ``signals`` their default disposition, ignore ``ignored``, drop the wakeup fd, restore ``mask``.
 
     The child inherits the coordinator's handlers (which only feed the
     coordinator's queue) and its blocked-signal mask; the worker target installs
@@ -152,6 +158,8 @@ def reset_signals(signals: Iterable[int], mask: Iterable[int | signal.Signals] |
     signal.set_wakeup_fd(-1)
     for signum in signals:
         signal.signal(signum, signal.SIG_DFL)
+    for signum in ignored:
+        signal.signal(signum, signal.SIG_IGN)
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

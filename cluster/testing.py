@@ -104,6 +104,8 @@ class _Cluster:
             "--workers",
             str(workers),
             "--no-pin",
+            "--respawn-backoff",  # the harness kills the worker again and again on purpose
+            "0",
             *args,
         ]
         with log.open("ab") as out:

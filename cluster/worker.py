@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from . import clock, crashpoints, db, pluginmanager, queries
+from . import clock, crashpoints, db, keys, pluginmanager, queries
 from .checkpoint import Batcher
 from .engine import LOAD_BATCH, Engine
 from .errors import PluginLoadError, StepKindConflict
@@ -91,6 +91,7 @@ class Worker:
         self.wakeup = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGQUIT, self._quit)
+        loop.add_signal_handler(signal.SIGUSR1, self._rebalance)
         writer_stop = asyncio.Event()
         exited = asyncio.Event()
         # Heartbeat from the start: a worker waiting for the database is alive, not stuck.
@@ -186,6 +187,16 @@ class Worker:
 
     def _quit(self) -> None:
         os._exit(0)
+
+    def _rebalance(self) -> None:
+        """SIGUSR1 from the coordinator: a sibling died; every worker looks for free partitions now."""
+        if self.engine is not None and not self.engine.stopping:
+            self._background(self._announce_rebalance())
+
+    async def _announce_rebalance(self) -> None:
+        assert self.engine is not None
+        async with self.engine.pool.connection() as conn:
+            await conn.execute(queries.get("notify_rebalance"), {"payload": keys.REBALANCE})
 
     async def _partition_count(self, stop: asyncio.Event) -> int:
         async def read() -> int:

@@ -20,22 +20,34 @@ SELECT l.objid::integer AS partition
  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 1145241601
    AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
 
--- name: try_lock_partition
-SELECT pg_catalog.pg_try_advisory_lock(1145241601, %(partition)s) AS locked
+-- name: try_lock_partitions
+-- The ones of these partitions whose session lock this connection got.
+SELECT p AS partition
+  FROM pg_catalog.unnest(%(partitions)s::integer[]) AS p
+ WHERE pg_catalog.pg_try_advisory_lock(1145241601, p)
 
--- name: unlock_partition
-SELECT pg_catalog.pg_advisory_unlock(1145241601, %(partition)s) AS unlocked
+-- name: unlock_partitions
+SELECT pg_catalog.pg_advisory_unlock(1145241601, p) AS unlocked
+  FROM pg_catalog.unnest(%(partitions)s::integer[]) AS p
 
 -- name: fence_exclusive
--- Inside the claim transaction: wait for in-flight checkpoints under the old epoch.
-SELECT pg_catalog.pg_advisory_xact_lock(1145241602, %(partition)s)
+-- Inside the claim transaction: wait for in-flight checkpoints under the old
+-- epochs. The caller passes the partitions sorted, so two claimers never wait
+-- for each other in opposite orders.
+SELECT pg_catalog.pg_advisory_xact_lock(1145241602, p)
+  FROM pg_catalog.unnest(%(partitions)s::integer[]) AS p
 
 -- name: bump_epoch
-UPDATE durable.partitions
-   SET epoch = epoch + 1, worker_id = %(worker_id)s, secret_hash = pg_catalog.sha256(%(secret)s),
+UPDATE durable.partitions p
+   SET epoch = p.epoch + 1, worker_id = %(worker_id)s, secret_hash = pg_catalog.sha256(c.secret),
        claimed_at = pg_catalog.now()
- WHERE partition = %(partition)s
-RETURNING epoch
+  FROM ROWS FROM (pg_catalog.unnest(%(partitions)s::integer[]), pg_catalog.unnest(%(secrets)s::bytea[]))
+       AS c(partition, secret)
+ WHERE p.partition = c.partition
+RETURNING p.partition, p.epoch
+
+-- name: notify_rebalance
+SELECT pg_catalog.pg_notify('durable_wake', %(payload)s)
 
 -- name: wake_recovered
 -- Inside the claim transaction: instances the previous owner held in memory,
@@ -46,7 +58,7 @@ RETURNING epoch
 UPDATE durable.runs r
    SET wake_at = pg_catalog.now(),
        crashes = r.crashes + CASE WHEN r.wake_at = 'infinity' THEN 1 ELSE 0 END
- WHERE r.partition = %(partition)s
+ WHERE r.partition = ANY(%(partitions)s::integer[])
    AND (r.wake_at = 'infinity'
         OR EXISTS (SELECT 1 FROM durable.signals s WHERE s.instance_id = r.instance_id AND s.consumed_by IS NULL))
 

@@ -28,6 +28,7 @@ def expected_figures(workers: int) -> set[str]:
         "pgbench.batch100_1c",
         "pgbench.batch100_8c",
         "pgbench.single_1c_latency_ms",
+        "pgbench.single_1c_paced_latency_ms",
         "noop.steps_per_s",
         "sql.steps_per_s",
         "latency.completed_p50_ms",
@@ -94,6 +95,8 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     # Throughput is compared with pgbench's 8-client single-row commit rate.
     assert figures["noop.steps_per_s"]["reference"]["figure"] == "pgbench.single_8c"
     assert figures["sql.steps_per_s"]["reference"]["figure"] == "pgbench.single_8c"
+    # Latency on an idle cluster is compared with commits paced to meet an idle server.
+    assert figures["latency.completed_p50_ms"]["reference"]["figure"] == "pgbench.single_1c_paced_latency_ms"
     # The SQL workload checked exactly-once: one row per step.
     sql_run = figures["sql.steps_per_s"]["details"][0]
     assert sql_run["rows_inserted"] == sql_run["steps"]

@@ -279,3 +279,50 @@ def test_retention_purges_terminal_instances(
         ).fetchone() == (0,)
         # Running instances are never touched.
         assert conn.execute("SELECT df.status(%s)", (waiting[0],)).fetchone() == ("running",)
+
+
+def test_a_killed_worker_makes_the_survivors_rebalance_at_once(cluster: Cluster) -> None:
+    """The coordinator pokes the other workers (SIGUSR1); they NOTIFY 'rebalance' and stay alive."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN durable_wake")
+        survivors = cluster.worker_pids()
+        victim = cluster.kill_worker(signal.SIGKILL)
+        survivors.remove(victim)
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while "rebalance" not in seen and time.monotonic() < deadline:  # other wake-ups may come first
+            remaining = max(0.0, deadline - time.monotonic())
+            seen += [n.payload for n in listener.notifies(timeout=remaining, stop_after=1)]
+    assert "rebalance" in seen
+    for pid in survivors:
+        os.kill(pid, 0)  # the poke did not kill it
+        assert pid in cluster.worker_pids()
+    wait_for(
+        lambda: cluster.partitions_held() == cluster.partition_count(), 10, message="every partition held"
+    )
+
+
+def test_a_worker_that_keeps_dying_young_is_respawned_with_backoff(
+    start_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "dies.py").write_text(
+        "import os\n"
+        "from durable_cluster import hookimpl\n\n"
+        "@hookimpl\n"
+        "def durable_worker_started(worker):\n"
+        "    os._exit(1)\n"
+    )
+    cluster = start_cluster(
+        workers=1, args=("--plugins-dir", str(plugins), "--respawn-backoff", "1"), wait=False
+    )
+    wait_for(lambda: cluster.log().count("respawning in 1s") >= 2, 30, message="the capped back-off, twice")
+    log = cluster.log()
+    first, second, third = (log.index(f"respawning in {delay}s") for delay in ("0.25", "0.5", "1"))
+    assert first < second < third
+    assert "died 4 times in a row within 5s of its start: respawning in 0.25s" in log
+    assert "respawning in 2s" not in log  # capped by --respawn-backoff
+    assert cluster.process is not None
+    assert cluster.process.poll() is None  # still running, not halted
+    assert cluster.stop() == 0

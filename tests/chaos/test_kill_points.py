@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 
 from durable_cluster.testing import POINTS, kill_at_every_checkpoint
+from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,6 +47,17 @@ def _effects(conn: psycopg.Connection[Any], instance: str) -> dict[str, int]:
         "SELECT n::text, count(*)::int FROM effects WHERE instance = %s GROUP BY 1", (instance,)
     ).fetchall()
     return {str(k): int(v) for k, v in rows}
+
+
+def _root_error(conn: psycopg.Connection[Any], instance: str) -> str:
+    """The failed instance's error: its root node's result."""
+    row = conn.execute(
+        "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.root_node = n.id"
+        " AND i.id = n.instance_id WHERE i.id = %s",
+        (instance,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def _expected(_instance: str) -> set[str]:
@@ -140,14 +153,9 @@ def test_a_step_that_kills_its_worker_fails_its_instance(
         assert healthy is not None
         assert poison is not None
         assert conn.execute("SELECT df.await_instance(%s, 120)", (poison[0],)).fetchone() == ("failed",)
-        error = conn.execute(
-            "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.root_node = n.id"
-            " AND i.id = n.instance_id WHERE i.id = %s",
-            (poison[0],),
-        ).fetchone()
-        assert error is not None
+        error = _root_error(conn, poison[0])
         assert (
-            error[0]
+            error
             == (
                 "step 'die' (node "
                 + conn.execute(
@@ -160,3 +168,54 @@ def test_a_step_that_kills_its_worker_fails_its_instance(
         assert conn.execute("SELECT df.await_instance(%s, 60)", (healthy[0],)).fetchone() == ("completed",)
     assert cluster.log().count("was killed by SIGKILL") == 3
     cluster.check_alive()
+
+
+def test_a_sql_step_queued_for_an_execution_slot_is_not_blamed_for_crashes(
+    start_cluster: Any, make_role: RoleFactory
+) -> None:
+    """Poison detection counts a SQL step only once it holds an execution slot.
+
+    One slot: the long step holds it, the short one queues behind it. Two kills
+    later the long step is poison (threshold 2); the short one never ran, so it
+    completes.
+    """
+    cluster = start_cluster(workers=1, args=("--max-user-connections", "1", "--poison-threshold", "2"))
+    role = make_role("queued")
+    with psycopg.connect(make_role.dsn(role), autocommit=True) as conn:
+
+        def sleeping_backends() -> set[int]:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s AND query = 'SELECT pg_sleep(60)'"
+                " AND state = 'active'",
+                (role,),
+            ).fetchall()
+            return {int(r[0]) for r in rows}
+
+        long = conn.execute("SELECT df.start('SELECT pg_sleep(60)')").fetchone()
+        assert long is not None
+        wait_for(sleeping_backends, 30, message="the long step to run")
+        short = conn.execute("SELECT df.start('SELECT 42')").fetchone()
+        assert short is not None
+        seen: set[int] = set()
+
+        def new_sleepers() -> set[int]:
+            return sleeping_backends() - seen
+
+        for _ in range(2):
+            seen.update(wait_for(new_sleepers, 30, message="the long step to run (again)"))
+            wait_for(
+                lambda: (
+                    conn.execute("SELECT status FROM df.instances WHERE id = %s", (short[0],)).fetchone()
+                    == ("running",)
+                ),
+                30,
+                message="the short step to be taken up",
+            )
+            cluster.kill_worker(signal.SIGKILL)
+        assert conn.execute("SELECT df.await_instance(%s, 60)", (short[0],)).fetchone() == ("completed",)
+        result = conn.execute("SELECT df.result(%s)::jsonb", (short[0],)).fetchone()
+        assert result == ({"rows": [{"?column?": 42}], "row_count": 1},)
+        assert conn.execute("SELECT df.await_instance(%s, 60)", (long[0],)).fetchone() == ("failed",)
+        error = _root_error(conn, long[0])
+        assert "was running when its worker died 2 times in a row" in error
+        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sorted(seen),))

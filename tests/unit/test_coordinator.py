@@ -684,3 +684,85 @@ def test_run_target_turns_outcomes_into_exit_codes(caplog: pytest.LogCaptureFixt
     crash = [r for r in caplog.records if "RuntimeError: boom" in r.getMessage()]
     assert len(crash) == 1
     assert getattr(crash[0], "action", None) == "worker_crashed"
+
+
+# -- crash loops and rebalance pokes ------------------------------------------------
+
+
+def test_a_slot_dying_young_again_and_again_is_respawned_with_growing_delays(
+    coordinator: Coordinator, fake_os: FakeOS, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    coordinator.spawn_workers()
+    for _ in range(Coordinator.RESPAWN_FREE_DEATHS):
+        fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+        turn(coordinator, signal.SIGCHLD)
+        assert 0 in coordinator.slots  # the first young deaths: respawned at once
+    delays = []
+    for _ in range(3):
+        fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+        turn(coordinator, signal.SIGCHLD)
+        assert 0 not in coordinator.slots
+        delay = caplog.records[-1].delay  # type: ignore[attr-defined]
+        delays.append(delay)
+        clock.now += delay - 0.01
+        turn(coordinator)
+        assert 0 not in coordinator.slots  # not before its time
+        clock.now += 0.01
+        turn(coordinator)
+        assert 0 in coordinator.slots
+    assert delays == [0.25, 0.5, 1.0]
+    assert actions(caplog).count("worker_crash_loop") == 3
+    assert 1 in coordinator.slots  # slot 1 untouched
+    assert len(fake_os.forks) == 2 + Coordinator.RESPAWN_FREE_DEATHS + 3
+
+
+def test_a_worker_that_lived_long_enough_resets_the_backoff(
+    coordinator: Coordinator, fake_os: FakeOS, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator.spawn_workers()
+    for _ in range(Coordinator.RESPAWN_FREE_DEATHS + 1):
+        fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+        turn(coordinator, signal.SIGCHLD)
+    assert 0 not in coordinator.slots  # backing off
+    clock.now += 1.0
+    turn(coordinator)
+    clock.now += Coordinator.RESPAWN_MIN_UPTIME
+    fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+    turn(coordinator, signal.SIGCHLD)
+    assert 0 in coordinator.slots  # lived 5 s: an ordinary respawn
+    fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+    turn(coordinator, signal.SIGCHLD)
+    assert 0 in coordinator.slots  # and the count starts again at one
+
+
+def test_respawn_backoff_zero_never_waits(fake_os: FakeOS, clock: FakeClock) -> None:
+    coordinator = make_coordinator(clock, respawn_backoff=0.0)
+    coordinator.spawn_workers()
+    for _ in range(Coordinator.RESPAWN_FREE_DEATHS + 5):
+        fake_os.exit(pid_of(coordinator, 0), EXIT_CRASH)
+        turn(coordinator, signal.SIGCHLD)
+        assert 0 in coordinator.slots
+    for handle in coordinator.workers.values():
+        handle.heartbeat.close()
+
+
+def test_a_dead_worker_gets_the_booted_survivors_poked(
+    coordinator: Coordinator, fake_os: FakeOS, clock: FakeClock
+) -> None:
+    coordinator.spawn_workers()
+    survivor = coordinator.slots[1]
+    survivor.heartbeat.notify()  # booted
+    victim = pid_of(coordinator, 0)
+    fake_os.die(victim, signal.SIGKILL)
+    turn(coordinator, signal.SIGCHLD)
+    assert fake_os.signals_to(survivor.pid) == [signal.SIGUSR1]
+    assert fake_os.signals_to(pid_of(coordinator, 0)) == []  # the replacement has not booted yet
+
+
+def test_a_stop_pokes_nobody(coordinator: Coordinator, fake_os: FakeOS) -> None:
+    coordinator.spawn_workers()
+    for handle in coordinator.workers.values():
+        handle.heartbeat.notify()
+    coordinator.stop(graceful=True)
+    assert all(signum != signal.SIGUSR1 for _, signum in fake_os.kills)

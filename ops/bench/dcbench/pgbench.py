@@ -52,8 +52,20 @@ def write_scripts(workdir: Path) -> dict[str, Path]:
     return scripts
 
 
-def run(dsn: str, script: Path, *, clients: int, seconds: float, rows: int) -> Result:
-    """One pgbench run; ``rows`` is how many rows one transaction of ``script`` commits."""
+#: Transactions per second of the paced run: about one commit every 10 ms, so
+#: every commit meets an idle client, server and WAL writer, as a one-step
+#: instance started on an idle cluster does.
+PACED_RATE = 100
+
+
+def run(
+    dsn: str, script: Path, *, clients: int, seconds: float, rows: int, rate: float | None = None
+) -> Result:
+    """One pgbench run; ``rows`` is how many rows one transaction of ``script`` commits.
+
+    ``rate`` (transactions per second, all clients together) throttles the run
+    (``pgbench --rate``); the latency then includes the small schedule lag.
+    """
     threads = max(1, min(clients, os.cpu_count() or 1))
     command = [
         str(pgbench_path()),
@@ -63,6 +75,7 @@ def run(dsn: str, script: Path, *, clients: int, seconds: float, rows: int) -> R
         f"--jobs={threads}",
         f"--time={max(1, round(seconds))}",
         f"--file={script}",
+        *([f"--rate={rate:g}"] if rate else []),
         dsn,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 120)
