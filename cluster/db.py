@@ -68,6 +68,14 @@ def conninfo(
     return make_conninfo("", **params)
 
 
+#: The runtime's statements join a batch passed as JSON or arrays (a few rows;
+#: the planner guesses 100 for a set-returning function) with big tables by
+#: key. Left to itself the planner hashes the batch and scans the whole table
+#: (df.nodes, df.instances, durable.runs) on every checkpoint flush; nested
+#: loops over the primary keys are what these statements want.
+KEYED_BATCH_PLANS = "-c enable_hashjoin=off -c enable_mergejoin=off"
+
+
 def runtime_conninfo(dsn: str) -> str:
     """The worker's own connections: ``search_path`` pinned to ``pg_catalog``.
 
@@ -76,7 +84,7 @@ def runtime_conninfo(dsn: str) -> str:
     by the worker's (privileged) session.
     """
     options = str(conninfo_to_dict(dsn).get("options") or "")
-    return conninfo(dsn, options=f"{options} -c search_path=pg_catalog,pg_temp".strip())
+    return conninfo(dsn, options=f"{options} -c search_path=pg_catalog,pg_temp {KEYED_BATCH_PLANS}".strip())
 
 
 def dsn_user(dsn: str) -> str | None:
