@@ -80,6 +80,7 @@ class Instance:
     transient: dict[str, int] = field(default_factory=dict)
     suspect: bool = False
     role_oid: int = 0
+    tail: frozenset[str] | None = None  # step keys that can end the instance (_tail_keys)
 
 
 class Engine:
@@ -712,6 +713,33 @@ class Engine:
                 self._recorded(inst, key, stored)
 
         self.batcher.records(inst.partition, inst.id, [graph.NewRecord(key, record)], done)
+        if self._ends_with(inst, key, record):
+            # The instance ends with this step: its end (node stamps, terminal status)
+            # goes into the same transaction as the step's checkpoint, one commit
+            # instead of two. Nothing new starts before that commit: the evaluation
+            # only finishes. If the transaction is dropped, so is the instance here.
+            del inst.in_flight[key]
+            self._recorded(inst, key, record)
+
+    def _ends_with(self, inst: Instance, key: str, record: graph.Record) -> bool:
+        """Whether the instance is over once ``record`` is in (a dry run of the graph).
+
+        Only for a step on the root's chain of ``~>`` (where an instance ends),
+        with nothing else in flight and no other write pending for the instance.
+        """
+        if inst.writing or len(inst.in_flight) != 1 or key in inst.run.journal.records:
+            return False
+        if inst.tail is None:
+            inst.tail = _tail_keys(inst.run)
+        if key not in inst.tail:
+            return False
+        records = inst.run.journal.records
+        records[key] = record
+        try:
+            evaluation = graph.evaluate(inst.run, self.clock(), in_flight=set())
+        finally:
+            del records[key]
+        return evaluation.outcome is not None
 
     def _recorded(self, inst: Instance, key: str, record: graph.Record) -> None:
         if inst.closed:
@@ -804,3 +832,14 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def _ignore(*_args: Any) -> None:
     return None
+
+
+def _tail_keys(run: graph.Run) -> frozenset[str]:
+    """Keys of the steps that may be the last thing an instance does: the root's ``~>`` chain ends."""
+    keys = []
+    node: graph.Node | None = run.root
+    while node is not None and node.type == "THEN":
+        node = node.right
+    if node is not None:
+        keys.append(f"{run.root_scope}/{node.id}")
+    return frozenset(keys)

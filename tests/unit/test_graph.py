@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from durable_cluster import graph
+from durable_cluster.engine import _tail_keys
 from durable_cluster.graph import (
     BREAK_OUTSIDE_LOOP,
     LOOP_CAP,
@@ -1794,3 +1795,25 @@ def test_crash_reruns_the_in_flight_step_under_the_same_key() -> None:
     ev = d2.round()
     assert [r.key for r in ev.steps] == [key] == [f"{ROOT}/b"]
     assert done(d2) == rows("c")
+
+
+# -- the steps that can end an instance (the engine fuses their checkpoint with the end) --
+
+
+def test_tail_keys_are_the_last_step_of_the_root_chain() -> None:
+    g = G()
+    last = g.sql("d")
+    root = g.seq(g.sql("a"), g.sql("b"), g.sql("c"), last)
+    run = Run(INSTANCE, build_graph(g.rows, root), Journal())
+    assert _tail_keys(run) == {f"{run.root_scope}/{last}"}
+
+
+def test_a_lone_step_is_its_own_tail_and_a_loop_has_none() -> None:
+    g = G()
+    only = g.sql("a")
+    run = Run(INSTANCE, build_graph(g.rows, only), Journal())
+    assert _tail_keys(run) == {f"{run.root_scope}/{only}"}
+    g = G()
+    looped = g.loop(g.sql("a"))
+    run = Run(INSTANCE, build_graph(g.rows, looped), Journal())
+    assert _tail_keys(run) == {f"{run.root_scope}/{looped}"}  # a LOOP node is never a step key
