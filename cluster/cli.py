@@ -25,9 +25,11 @@ import functools
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -147,11 +149,42 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     metrics.set_defaults(func=cmd_metrics)
 
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmark harness (ops/bench/run.py of a source checkout)",
+        description="Runs ops/bench/run.py with the same arguments; `durable-cluster bench --help` "
+        "shows them. The harness lives in the source tree, next to the package.",
+        prefix_chars="+",  # every argument, --help included, goes to the harness
+        add_help=False,
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+
     add_read_commands(commands)
 
     settings = commands.add_parser("settings", help="print the settings reference (markdown)")
     settings.set_defaults(func=cmd_settings)
     return parser
+
+
+def bench_harness() -> Path | None:
+    """``ops/bench/run.py`` above the working directory, or above the package (an editable install)."""
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for directory in (start, *start.parents):
+            candidate = directory / "ops" / "bench" / "run.py"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    harness = bench_harness()
+    if harness is None:
+        raise DurableClusterError(
+            "the benchmark harness ships with the source, not the package: clone the repository and run "
+            "`durable-cluster bench` (or `python ops/bench/run.py`) from it"
+        )
+    return subprocess.run([sys.executable, str(harness), *args.args], check=False).returncode
 
 
 def configure_logging(level: str, fmt: str | None = None) -> None:

@@ -1,4 +1,6 @@
-"""The benchmark harness (ops/bench/run.py) in its smoke mode: every figure, numeric, in JSON and table.
+"""The benchmark harness (``durable-cluster bench``, ops/bench/run.py) in its smoke mode.
+
+Every figure, numeric, in JSON and table.
 
 Performance numbers are never asserted: the harness measures, this test only
 checks that one quick run produces every figure.
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from durable_cluster import cli
+
 pytestmark = [pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ROOT / "ops" / "bench" / "run.py"
 WORKLOADS = ("pgbench", "noop", "sql", "latency", "recovery", "memory")
 
 
@@ -56,11 +59,14 @@ def is_number(value: object) -> bool:
 
 
 def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
+    """Through ``durable-cluster bench``, which hands every argument to ops/bench/run.py."""
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable,
-            str(RUN),
+            "-m",
+            "durable_cluster",
+            "bench",
             "--quick",
             "--runs",
             "1",
@@ -109,3 +115,11 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     # A progress line per workload on stderr.
     for workload in WORKLOADS:
         assert f"] {workload}: done in" in result.stderr, workload
+
+
+def test_bench_outside_a_source_checkout_says_where_the_harness_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "bench_harness", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 1
+    assert "the benchmark harness ships with the source, not the package" in capsys.readouterr().err

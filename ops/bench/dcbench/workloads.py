@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import pgbench, procfs
+from . import pgbench, procfs, progressbar
 from .cluster import Cluster
 from .report import Figure, Goal, Results, percentile
 from .server import ROLE, Server
@@ -470,18 +470,20 @@ class Bench:
                     submitted = time.perf_counter() - started
                 with self.server.admin(db) as admin:
                     deadline = time.monotonic() + max(120.0, opts.sleeping / 200)
-                    while True:
-                        parked = scalar_int(
-                            admin,
-                            "SELECT count(*) FROM durable.runs WHERE wake_at < 'infinity'"
-                            " AND wake_at > now() + interval '10 minutes'",
-                        )
-                        if parked >= opts.sleeping:
-                            break
-                        cluster.check_alive()
-                        if time.monotonic() > deadline:
-                            raise WorkloadError(f"only {parked} of {opts.sleeping} instances parked")
-                        time.sleep(0.25)
+                    with progressbar.bar("sleeping: parked", opts.sleeping) as bar:
+                        while True:
+                            parked = scalar_int(
+                                admin,
+                                "SELECT count(*) FROM durable.runs WHERE wake_at < 'infinity'"
+                                " AND wake_at > now() + interval '10 minutes'",
+                            )
+                            bar.update(parked)
+                            if parked >= opts.sleeping:
+                                break
+                            cluster.check_alive()
+                            if time.monotonic() > deadline:
+                                raise WorkloadError(f"only {parked} of {opts.sleeping} instances parked")
+                            time.sleep(0.25)
                 parked_after = time.perf_counter() - started
                 time.sleep(opts.settle)
                 if sorted(cluster.worker_pids()) != workers:
@@ -572,13 +574,15 @@ def submit(
 ) -> list[str]:
     """Start ``count`` instances of ``graph``, ``batch`` df.start calls per transaction."""
     ids: list[str] = []
-    for offset in range(0, count, batch):
-        size = min(batch, count - offset)
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT df.start(%s, %s) FROM generate_series(1, %s)", (graph, label, size)
-            ).fetchall()
-        ids.extend(str(r[0]) for r in rows)
+    with progressbar.bar(f"{label}: started", count) as bar:
+        for offset in range(0, count, batch):
+            size = min(batch, count - offset)
+            with conn.transaction():
+                rows = conn.execute(
+                    "SELECT df.start(%s, %s) FROM generate_series(1, %s)", (graph, label, size)
+                ).fetchall()
+            ids.extend(str(r[0]) for r in rows)
+            bar.update(len(ids))
     return ids
 
 
@@ -592,24 +596,26 @@ def wait_completed(
     interval: float = 0.01,
 ) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'completed'),"
-            " count(*) FILTER (WHERE status IN ('failed', 'cancelled'))"
-            " FROM df.instances WHERE label = %s",
-            (label,),
-        ).fetchone()
-        done, failed = (int(v) for v in row) if row else (0, 0)
-        if failed:
-            raise WorkloadError(f"{failed} instances labelled {label} failed; log:\n{cluster.log_tail()}")
-        if done >= count:
-            return
-        if time.monotonic() > deadline:
-            raise WorkloadError(
-                f"{done} of {count} instances labelled {label} completed after {timeout:.0f}s"
-            )
-        cluster.check_alive()
-        time.sleep(interval)
+    with progressbar.bar(f"{label}: completed", count) as bar:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                " count(*) FILTER (WHERE status IN ('failed', 'cancelled'))"
+                " FROM df.instances WHERE label = %s",
+                (label,),
+            ).fetchone()
+            done, failed = (int(v) for v in row) if row else (0, 0)
+            bar.update(done)
+            if failed:
+                raise WorkloadError(f"{failed} instances labelled {label} failed; log:\n{cluster.log_tail()}")
+            if done >= count:
+                return
+            if time.monotonic() > deadline:
+                raise WorkloadError(
+                    f"{done} of {count} instances labelled {label} completed after {timeout:.0f}s"
+                )
+            cluster.check_alive()
+            time.sleep(interval)
 
 
 class StepLog:
