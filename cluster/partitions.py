@@ -240,6 +240,11 @@ class PartitionManager:
                 )
             ).fetchall()
             await conn.execute(queries.get("wake_recovered"), {"partitions": locked})
+            owned = sorted(set(self.claims) | {int(row[0]) for row in bumped})
+            await conn.execute(  # durable-cluster status shows the new claims at once
+                queries.get("heartbeat_worker"),
+                {"id": self.worker_id, "partitions": owned, "state": self.state},
+            )
         epochs = {int(partition): int(epoch) for partition, epoch in bumped}
         missing = [partition for partition in locked if partition not in epochs]
         if missing:
@@ -265,6 +270,10 @@ class PartitionManager:
         self.claims.pop(partition, None)
         if self._conn is not None and not self._conn.closed:
             await self._conn.execute(queries.get("unlock_partitions"), {"partitions": [partition]})
+            await self._conn.execute(
+                queries.get("heartbeat_worker"),
+                {"id": self.worker_id, "partitions": self.owned(), "state": self.state},
+            )
         logger.debug(
             "released partition %d",
             partition,

@@ -374,6 +374,7 @@ class Worker:
             cur = await conn.execute(queries.get("purge_orphans"), {"batch": batch})
             orphans = len(await cur.fetchall())
             await conn.execute(queries.get("purge_stray_records"), {"batch": batch})
+            await conn.execute(queries.get("purge_old_epochs"))
         if purged or orphans:
             logger.info(
                 "reconciler: deleted %d terminal instances past retention, %d orphaned runs",

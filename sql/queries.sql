@@ -276,6 +276,11 @@ WITH orphans AS (
 DELETE FROM durable.runs r USING orphans o WHERE r.instance_id = o.instance_id
 RETURNING r.instance_id
 
+-- name: purge_old_epochs
+-- df._worker_epoch gets a row per `durable-cluster start`; a run not seen for
+-- a day is over (live runs refresh theirs every 2 s).
+DELETE FROM df._worker_epoch WHERE last_seen_at < pg_catalog.now() - interval '1 day'
+
 -- name: purge_stray_records
 -- Journal rows and signals of instances no longer running (a late write after the end).
 WITH stray_journal AS (

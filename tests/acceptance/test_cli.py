@@ -204,7 +204,16 @@ def test_status_list_show_and_explain_as_a_role_and_as_the_runtime(
     }
     assert set(mine["oldest_running"]) == OLDEST_KEYS
     assert mine["oldest_running"]["instance_id"] == long
-    everything = cli_json("status", dsn=dsn)
+    # Worker rows are written with each claim: wait for the last claim's commit.
+    everything = wait_for(
+        lambda: (
+            (status := cli_json("status", dsn=dsn))
+            and sorted(p for w in status["workers"] or [] for p in w["partitions"]) == list(range(8))
+            and status
+        ),
+        10,
+        message="every claim in the worker rows",
+    )
     assert everything["notes"] == []
     assert len(everything["workers"]) == 2
     for worker in everything["workers"]:

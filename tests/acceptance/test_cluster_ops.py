@@ -257,8 +257,14 @@ def test_init_is_idempotent_and_dsn_prints(pg_server: Any, tmp_path: Path) -> No
 
 
 def test_retention_purges_terminal_instances(
-    start_cluster: Callable[..., Cluster], make_role: RoleFactory
+    start_cluster: Callable[..., Cluster], make_role: RoleFactory, dsn: str
 ) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:  # a `start` run that ended two days ago
+        admin.execute(
+            "INSERT INTO df._worker_epoch (epoch_id, started_at, last_seen_at)"
+            " VALUES ('00000000-0000-4000-8000-000000000001', now() - interval '3 days',"
+            " now() - interval '2 days')"
+        )
     start_cluster(workers=1, args=("--reconcile-interval", "1", "--retention-days", "0"))
     role = make_role("retain")
     with psycopg.connect(make_role.dsn(role), autocommit=True) as conn:
@@ -279,6 +285,10 @@ def test_retention_purges_terminal_instances(
         ).fetchone() == (0,)
         # Running instances are never touched.
         assert conn.execute("SELECT df.status(%s)", (waiting[0],)).fetchone() == ("running",)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        epochs = [r[0] for r in admin.execute("SELECT epoch_id::text FROM df._worker_epoch").fetchall()]
+    assert len(epochs) == 1  # the live run's row stays
+    assert epochs != ["00000000-0000-4000-8000-000000000001"]  # the old run's row is gone
 
 
 def test_a_killed_worker_makes_the_survivors_rebalance_at_once(cluster: Cluster) -> None:
