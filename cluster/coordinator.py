@@ -55,7 +55,7 @@ removed at exit, unless the variable was already set), so the workers'
 worker's live gauges (``mark_process_dead``), counts respawns per slot in
 ``coordinator.json`` there, and runs the metrics server
 (``python -m durable_cluster metrics``, :mod:`durable_cluster.metrics`) with
-``posix_spawn``, reaped, respawned and stopped like the reload watcher.
+``posix_spawn``: one more helper, the last one started.
 
 Worker contract: the target runs in the child after the post-fork setup
 (default signal dispositions, CPU affinity, parent-death signal, process
@@ -170,7 +170,7 @@ class _PendingRoll:
 
 @dataclass(eq=False)
 class Helper:
-    """A helper process the coordinator runs beside the workers: the reload watcher, the web console.
+    """A helper process beside the workers: the reload watcher, the web console, the metrics server.
 
     Started with ``os.posix_spawn`` (a fresh interpreter: the coordinator
     never forks anything but workers, runs no thread and holds no
@@ -183,14 +183,15 @@ class Helper:
     argv: tuple[str, ...]  # absolute executable first
     env: dict[str, str] = field(default_factory=dict)  # added to the coordinator's environment
     off: str = "it is off"  # what giving up means, for the log
+    action: str = ""  # the log actions' prefix; default: the name's last word
     pid: int | None = None
     spawned_at: float = 0.0  # coordinator clock
     given_up: bool = False
 
     @property
     def kind(self) -> str:
-        """The log actions' prefix: ``watcher_started``, ``console_exited``..."""
-        return self.name.split()[-1]
+        """The log actions' prefix: ``watcher_started``, ``console_exited``, ``metrics_killed``..."""
+        return self.action or self.name.split()[-1]
 
 
 def _signal_name(signum: int) -> str:
@@ -280,14 +281,25 @@ class Coordinator:
         self._watcher = (
             Helper("reload watcher", self.watcher_command, off="reload is off") if watcher else None
         )
-        self.helpers: list[Helper] = [*([self._watcher] if self._watcher else []), *helpers]
-        # The metrics server: argv (absolute executable first), extra environment, pid, state;
-        # and the PROMETHEUS_MULTIPROC_DIR of this run (None: metrics are off).
+        # The metrics server (argv, absolute executable first) is a helper too, started
+        # last; and the PROMETHEUS_MULTIPROC_DIR of this run (None: metrics are off).
         self.metrics_command = tuple(metrics)
-        self.metrics_env = dict(metrics_env or {})
-        self.metrics_pid: int | None = None
-        self._metrics_spawned_at = 0.0
-        self._metrics_given_up = False
+        metrics_server = (
+            Helper(
+                "metrics server",
+                self.metrics_command,
+                env=dict(metrics_env or {}),
+                off="metrics are off",
+                action="metrics",
+            )
+            if metrics
+            else None
+        )
+        self.helpers: list[Helper] = [
+            *([self._watcher] if self._watcher else []),
+            *helpers,
+            *([metrics_server] if metrics_server else []),
+        ]
         self.metrics_dir: str | None = None
         self._metrics_dir_created = False
         self._metrics_env_saved: str | None = None
@@ -312,7 +324,6 @@ class Coordinator:
                     extra={"action": "cluster_started", "pid": self.pid},
                 )
                 self.spawn_helpers()
-                self.spawn_metrics_server()
                 if self.on_ready is not None:
                     self.on_ready(self)
                 while self._stop_request is None:
@@ -623,9 +634,6 @@ class Coordinator:
                 return
             if pid == 0:
                 return
-            if pid == self.metrics_pid:
-                self._metrics_server_exited(status)
-                continue
             helper = self.helper_of(pid)
             if helper is not None:
                 self._helper_exited(helper, status)
@@ -780,7 +788,6 @@ class Coordinator:
         self.spawn_workers()
         self.roll_workers()
         self.spawn_helpers()
-        self.spawn_metrics_server()
 
     def roll_workers(self) -> None:
         """Advance the rolling restart by at most one slot (never blocks)."""
@@ -827,7 +834,7 @@ class Coordinator:
             )
             return
 
-    # -- helper processes (the reload watcher, the web console) ----------------------
+    # -- helper processes (the reload watcher, the web console, the metrics server) -------
 
     @property
     def watcher_pid(self) -> int | None:
@@ -1024,86 +1031,6 @@ class Coordinator:
                 extra={"action": "metrics_state_failed"},
             )
 
-    def spawn_metrics_server(self) -> None:
-        """Start the metrics server if there is one to run and none runs (posix_spawn, like the watcher)."""
-        if not self.metrics_command or self.metrics_pid is not None or self._metrics_given_up:
-            return
-        if self.stopping:
-            return
-        try:
-            pid = os.posix_spawn(
-                self.metrics_command[0],
-                list(self.metrics_command),
-                {**os.environ, **self.metrics_env},
-                setsigmask=(),
-                setsigdef=self.handled_signals(),
-            )
-        except OSError as exc:
-            self._metrics_given_up = True
-            log.error(
-                "could not start the metrics server: %s; metrics are off",
-                exc,
-                extra={"action": "metrics_failed"},
-            )
-            return
-        self.metrics_pid = pid
-        self._metrics_spawned_at = self.clock()
-        log.info("metrics server started (pid %d)", pid, extra={"action": "metrics_started", "pid": pid})
-
-    def _metrics_server_exited(self, status: int) -> None:
-        pid, self.metrics_pid = self.metrics_pid, None
-        if os.WIFSIGNALED(status):
-            how = f"was killed by {_signal_name(os.WTERMSIG(status))}"
-        else:
-            how = f"exited (code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_CRASH})"
-        extra: dict[str, Any] = {"action": "metrics_exited", "pid": pid}
-        if self.stopping:
-            log.info("metrics server (pid %s) %s", pid, how, extra=extra)
-            return
-        if self.clock() - self._metrics_spawned_at < self.WATCHER_MIN_UPTIME:
-            self._metrics_given_up = True
-            log.error(
-                "metrics server (pid %s) %s within %gs of its start; metrics are off, "
-                "the workers keep running",
-                pid,
-                how,
-                self.WATCHER_MIN_UPTIME,
-                extra=extra,
-            )
-            return
-        log.warning("metrics server (pid %s) %s; starting a new one", pid, how, extra=extra)
-
-    def stop_metrics_server(self) -> None:
-        """TERM the metrics server (reaped by :meth:`reap_workers` / :meth:`reap_metrics_server`)."""
-        if self.metrics_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.metrics_pid, signal.SIGTERM)
-
-    def reap_metrics_server(self) -> None:
-        """At shutdown: wait up to WATCHER_STOP_TIMEOUT for the TERMed server, then SIGKILL it."""
-        if self.metrics_pid is None or self._wait_for_metrics_server(self.WATCHER_STOP_TIMEOUT):
-            return
-        log.warning(
-            "metrics server (pid %d) did not stop within %gs: SIGKILL",
-            self.metrics_pid,
-            self.WATCHER_STOP_TIMEOUT,
-            extra={"action": "metrics_killed", "pid": self.metrics_pid},
-        )
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.metrics_pid, signal.SIGKILL)
-        self._wait_for_metrics_server(self.KILL_REAP_TIMEOUT)
-
-    def _wait_for_metrics_server(self, timeout: float) -> bool:
-        deadline = self.clock() + timeout
-        while True:
-            self.reap_workers()
-            if self.metrics_pid is None:
-                return True
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return False
-            self.wait_for_signals(min(remaining, self.ROLL_POLL_INTERVAL))
-
     # -- shutdown ------------------------------------------------------------------
 
     def stop(self, graceful: bool = True) -> None:
@@ -1115,7 +1042,6 @@ class Coordinator:
         self._roll_queue.clear()
         self._rolling = None
         self.stop_helpers()  # first: no SIGHUP may start a roll while we stop
-        self.stop_metrics_server()
         timeout = self.settings.graceful_timeout if graceful else self.QUICK_STOP_TIMEOUT
         log.info(
             "stopping %d workers (%s, up to %gs)",
@@ -1163,7 +1089,6 @@ class Coordinator:
                 extra={"action": "worker_killed", "slot": handle.slot, "pid": handle.pid},
             )
         self.reap_helpers()
-        self.reap_metrics_server()
         log.info("cluster stopped", extra={"action": "cluster_stopped", "pid": self.pid})
 
     def _close_heartbeats(self) -> None:

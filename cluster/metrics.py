@@ -1,8 +1,8 @@
 """The Prometheus endpoint: a small HTTP server in a process of its own.
 
 ``durable-cluster start --metrics 127.0.0.1:9464`` makes the coordinator
-start it (``posix_spawn``, like the reload watcher; :meth:`Coordinator.spawn_metrics_server
-<durable_cluster.coordinator.Coordinator.spawn_metrics_server>`), and
+start it (``posix_spawn``, a :class:`~durable_cluster.coordinator.Helper` like the
+reload watcher), and
 ``durable-cluster metrics --bind 127.0.0.1:9464`` runs it on its own. Each
 scrape of ``/metrics`` adds up:
 
