@@ -58,6 +58,9 @@ KEEP_IN_MEMORY_SECONDS = 2.0
 #: restart, deadlock) before its failure is recorded.
 MAX_TRANSIENT_FAILURES = 5
 LOAD_BATCH = 500
+#: Step kinds that wait for an execution slot before they run: poison detection
+#: marks them once they hold it (Engine.submitter_connection), not before.
+MARKED_AT_SLOT = frozenset({"sql"})
 
 
 @dataclass(eq=False)
@@ -564,32 +567,17 @@ class Engine:
             self._record_step(inst, key, graph.Record("step", False, message, None))
             return
         marker = graph.NewRecord(f"{prefix}{runs + 1}", graph.Record("inflight", True, {"run": runs + 1}))
-        if ctx.kind == "sql":
-            # A SQL step may wait for an execution slot first: it is marked once it
-            # holds one (submitter_connection), since only then can it be the culprit.
-            ctx._before_execute = functools.partial(self._mark_running, inst, marker)
-            inst.in_flight[key] = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
-            return
-        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        inst.in_flight[key] = pending
-
-        def marked(committed: dict[str, graph.Record] | None) -> None:
-            if not pending.done():
-                pending.set_result(None)
-            if committed is None or inst.closed:
-                inst.in_flight.pop(key, None)
-                if committed is None:
-                    self._close(inst)
-                return
-            for marker_key, record in committed.items():
-                inst.run.journal.add(marker_key, record)
-            task = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
-            inst.in_flight[key] = task
-
-        self.batcher.records(inst.partition, inst.id, [marker], marked)
+        # Marked just before it runs (_run_step); a SQL step may first wait for an
+        # execution slot, so it is marked once it holds one (submitter_connection):
+        # only then can it be the culprit.
+        ctx._before_execute = functools.partial(self._mark_running, inst, marker)
+        inst.in_flight[key] = asyncio.get_running_loop().create_task(self._run_step(inst, request, ctx))
 
     async def _mark_running(self, inst: Instance, marker: graph.NewRecord) -> None:
-        """Write ``marker`` (see :meth:`_start_marked`) and wait until it is durable."""
+        """Write ``marker`` (see :meth:`_start_marked`) and wait until it is durable.
+
+        The partition lost, or the instance closed meanwhile: the step does not run.
+        """
         done: asyncio.Future[dict[str, graph.Record] | None] = asyncio.get_running_loop().create_future()
 
         def marked(committed: dict[str, graph.Record] | None) -> None:
@@ -609,6 +597,9 @@ class Engine:
         key = request.key
         record: graph.Record | None = None
         try:
+            if ctx._before_execute is not None and ctx.kind not in MARKED_AT_SLOT:
+                before, ctx._before_execute = ctx._before_execute, None
+                await before()
             crashpoints.hit("before_step")
             value = await self.plugins.run_step(ctx)
             try:
