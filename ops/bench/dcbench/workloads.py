@@ -10,6 +10,7 @@ login role ``dcbench`` (not a superuser) with ``df.start``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -58,23 +59,7 @@ class Options:
 
     @staticmethod
     def profile(quick: bool, runs: int, workers: int, cluster_args: tuple[str, ...]) -> Options:
-        if quick:
-            return Options(
-                runs=runs,
-                workers=workers,
-                instances=100,
-                steps=10,
-                latency_samples=20,
-                recovery_per_worker=10,
-                recovery_step_ms=3000,
-                sleeping=1000,
-                cpu_window=1.0,
-                settle=0.5,
-                pgbench_seconds=1,
-                pgbench_clients=(1, 8),
-                cluster_args=cluster_args,
-            )
-        return Options(
+        full = Options(
             runs=runs,
             workers=workers,
             instances=2000,
@@ -88,6 +73,19 @@ class Options:
             pgbench_seconds=5,
             pgbench_clients=(1, 8),
             cluster_args=cluster_args,
+        )
+        if not quick:
+            return full
+        # The smoke mode: the same workloads, small.
+        return dataclasses.replace(
+            full,
+            instances=100,
+            latency_samples=20,
+            recovery_per_worker=10,
+            sleeping=1000,
+            cpu_window=1.0,
+            settle=0.5,
+            pgbench_seconds=1,
         )
 
 
