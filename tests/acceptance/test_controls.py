@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
+from tests.dfclient import root_error
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -17,16 +18,6 @@ if TYPE_CHECKING:
     from tests.fix_db import RoleFactory
 
 pytestmark = [pytest.mark.timeout(180)]
-
-
-def root_error(conn: psycopg.Connection[Any], instance: str) -> str:
-    row = conn.execute(
-        "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.root_node = n.id"
-        " AND i.id = n.instance_id WHERE i.id = %s",
-        (instance,),
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def start(conn: psycopg.Connection[Any], graph: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests import dfclient
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -22,47 +22,8 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.timeout(180)]
 
 
-class User:
-    """A role with its own connection, starting and awaiting instances."""
-
-    def __init__(self, make_role: RoleFactory, prefix: str = "nodes") -> None:
-        self.role = make_role(prefix)
-        self.conn = psycopg.connect(make_role.dsn(self.role), autocommit=True)
-
-    def start(self, graph: str, *params: Any) -> str:
-        row = self.conn.execute(
-            sql.SQL("SELECT df.start({})").format(sql.SQL(graph)), params or None
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def run(self, graph: str, *params: Any, timeout: int = 60) -> tuple[str, Any]:
-        instance = self.start(graph, *params)
-        status = self.await_(instance, timeout)
-        return status, self.result(instance)
-
-    def await_(self, instance: str, timeout: int = 60) -> str:
-        row = self.conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def result(self, instance: str) -> Any:
-        row = self.conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
-        return json.loads(row[0]) if row and row[0] is not None else None
-
-    def error(self, instance: str) -> str:
-        row = self.conn.execute(
-            "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.id = n.instance_id"
-            " AND i.root_node = n.id WHERE i.id = %s",
-            (instance,),
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def status(self, instance: str) -> str:
-        row = self.conn.execute("SELECT df.status(%s)", (instance,)).fetchone()
-        assert row is not None
-        return str(row[0])
+class User(dfclient.User):
+    """A role of the test, with its own connection."""
 
     def scalar(self, query: str, *params: Any) -> Any:
         row = self.conn.execute(query, params or None).fetchone()
@@ -72,7 +33,7 @@ class User:
 
 @pytest.fixture
 def user(cluster: Cluster, make_role: RoleFactory) -> Any:
-    person = User(make_role)
+    person = User.made(make_role, "nodes")
     yield person
     person.conn.close()
 
@@ -217,7 +178,7 @@ def test_schedules_use_the_worker_clock(
     clock = tmp_path / "clock"
     clock.write_text("0")
     start_cluster(workers=1, env={"DURABLE_CLOCK_FILE": str(clock)})
-    user = User(make_role)
+    user = User.made(make_role, "nodes")
 
     def timer_due(instance: str) -> float:
         row = wait_for(
@@ -249,7 +210,7 @@ def test_schedules_use_the_worker_clock(
 
 
 def test_steps_run_in_another_database(cluster: Cluster, make_role: RoleFactory, pg_server: Any) -> None:
-    user = User(make_role)
+    user = User.made(make_role, "nodes")
     other = f"other_{user.role}"
     with pg_server.admin() as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))

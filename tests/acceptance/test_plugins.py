@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from tests.dfclient import User
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -129,51 +129,6 @@ def durable_register_steps(registry):
 KITCHEN_KINDS = ["again", "boom", "context", "flaky", "greet", "not_json", "pause", "sleepy"]
 
 
-class User:
-    """A role with its own connection, starting and awaiting instances."""
-
-    def __init__(self, make_role: RoleFactory, prefix: str = "plug") -> None:
-        self.role = make_role(prefix)
-        self.conn = psycopg.connect(make_role.dsn(self.role), autocommit=True)
-
-    def start(self, graph: str, label: str | None = None) -> str:
-        row = self.conn.execute(
-            sql.SQL("SELECT df.start({}, %s)").format(sql.SQL(graph)), (label,)
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def run(self, graph: str, label: str | None = None, timeout: int = 60) -> tuple[str, Any]:
-        instance = self.start(graph, label)
-        return self.await_(instance, timeout), self.result(instance)
-
-    def await_(self, instance: str, timeout: int = 60) -> str:
-        row = self.conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def result(self, instance: str) -> Any:
-        row = self.conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
-        return json.loads(row[0]) if row and row[0] is not None else None
-
-    def error(self, instance: str) -> str:
-        row = self.conn.execute(
-            "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.id = n.instance_id"
-            " AND i.root_node = n.id WHERE i.id = %s",
-            (instance,),
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def fails(self, graph: str, timeout: int = 60) -> str:
-        instance = self.start(graph)
-        assert self.await_(instance, timeout) == "failed"
-        return self.error(instance)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 def write_plugin(directory: Path, name: str, text: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
@@ -209,7 +164,7 @@ def kitchen(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def user(make_role: RoleFactory) -> Any:
-    person = User(make_role)
+    person = User.made(make_role, "plug")
     yield person
     person.close()
 
@@ -228,7 +183,7 @@ def test_custom_steps_compose_with_every_operator(
     )
     user.conn.execute("SELECT df.setvar('who', 'grace')")
     args = {"n": "$a.n", "who": "{who}", "id": "{sys_instance_id}", "deep": {"list": ["$a.n", 7]}}
-    instance = user.start(f"'SELECT 41 + 1 AS n' |=> 'a' ~> df.step('context', {literal(args)})", "lbl")
+    instance = user.start(f"'SELECT 41 + 1 AS n' |=> 'a' ~> df.step('context', {literal(args)})", label="lbl")
     assert user.await_(instance) == "completed"
     ctx = user.result(instance)
     assert ctx["args"] == {"n": "42", "who": "grace", "id": instance, "deep": {"list": ["42", 7]}}

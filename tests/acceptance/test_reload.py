@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from durable_cluster.config import Settings
 from durable_cluster.coordinator import Coordinator, WorkerSpec
+from tests import dfclient
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -140,26 +139,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-class User:
-    """A role with its own connection."""
-
-    def __init__(self, make_role: RoleFactory) -> None:
-        self.role = make_role("reload")
-        self.conn = psycopg.connect(make_role.dsn(self.role), autocommit=True)
-
-    def start(self, graph: str) -> str:
-        row = self.conn.execute(sql.SQL("SELECT df.start({})").format(sql.SQL(graph))).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def await_(self, instance: str, timeout: int = 60) -> str:
-        row = self.conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def result(self, instance: str) -> Any:
-        row = self.conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
-        return json.loads(row[0]) if row and row[0] is not None else None
+class User(dfclient.User):
+    """A role of the test, with its own connection."""
 
     def scalar(self, query: str) -> Any:
         row = self.conn.execute(query).fetchone()
@@ -175,7 +156,7 @@ class User:
 
 @pytest.fixture
 def user(make_role: RoleFactory) -> Iterator[User]:
-    person = User(make_role)
+    person = User.made(make_role, "reload")
     yield person
     person.conn.close()
 

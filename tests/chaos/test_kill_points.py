@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from durable_cluster.testing import POINTS, kill_at_every_checkpoint
+from tests.dfclient import root_error
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -47,17 +48,6 @@ def _effects(conn: psycopg.Connection[Any], instance: str) -> dict[str, int]:
         "SELECT n::text, count(*)::int FROM effects WHERE instance = %s GROUP BY 1", (instance,)
     ).fetchall()
     return {str(k): int(v) for k, v in rows}
-
-
-def _root_error(conn: psycopg.Connection[Any], instance: str) -> str:
-    """The failed instance's error: its root node's result."""
-    row = conn.execute(
-        "SELECT n.result #>> '{}' FROM df.nodes n JOIN df.instances i ON i.root_node = n.id"
-        " AND i.id = n.instance_id WHERE i.id = %s",
-        (instance,),
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def _expected(_instance: str) -> set[str]:
@@ -153,7 +143,7 @@ def test_a_step_that_kills_its_worker_fails_its_instance(
         assert healthy is not None
         assert poison is not None
         assert conn.execute("SELECT df.await_instance(%s, 120)", (poison[0],)).fetchone() == ("failed",)
-        error = _root_error(conn, poison[0])
+        error = root_error(conn, poison[0])
         assert (
             error
             == (
@@ -216,6 +206,6 @@ def test_a_sql_step_queued_for_an_execution_slot_is_not_blamed_for_crashes(
         result = conn.execute("SELECT df.result(%s)::jsonb", (short[0],)).fetchone()
         assert result == ({"rows": [{"?column?": 42}], "row_count": 1},)
         assert conn.execute("SELECT df.await_instance(%s, 60)", (long[0],)).fetchone() == ("failed",)
-        error = _root_error(conn, long[0])
+        error = root_error(conn, long[0])
         assert "was running when its worker died 2 times in a row" in error
         conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sorted(seen),))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from tests import dfclient
 from tests.fix_cluster import wait_for
 
 if TYPE_CHECKING:
@@ -19,37 +19,17 @@ if TYPE_CHECKING:
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-class User:
-    """A login role with its own autocommit connection to the test database."""
+class User(dfclient.User):
+    """A login role with its own autocommit connection, and the notices it received."""
 
     def __init__(self, role: str, dsn: str) -> None:
-        self.role = role
-        self.dsn = dsn
+        super().__init__(role, dsn)
         self.notices: list[str] = []
-        self.conn: Conn = psycopg.connect(dsn, autocommit=True)
         self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
 
     def scalar(self, query: str, *params: Any) -> Any:
         row = self.conn.execute(query.encode(), params or None).fetchone()
         return row[0] if row else None
-
-    def start(self, graph: str, *params: Any) -> str:
-        """``SELECT df.start(<graph>)``: graph is SQL text (operators and df calls)."""
-        row = self.conn.execute(
-            sql.SQL("SELECT df.start({})").format(sql.SQL(graph)), params or None
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def await_(self, instance: str, timeout: int = 60) -> str:
-        return str(self.scalar("SELECT df.await_instance(%s, %s)", instance, timeout))
-
-    def result(self, instance: str) -> Any:
-        value = self.scalar("SELECT df.result(%s)", instance)
-        return json.loads(value) if value is not None else None
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 @pytest.fixture
